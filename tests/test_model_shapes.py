@@ -1,0 +1,59 @@
+"""Input sizes, layouts and initialisation of the TResNet family."""
+import pytest
+import torch
+
+from tresnet_ft import create_model
+from tresnet_ft.models.tresnet import BasicBlock, Bottleneck
+
+
+@pytest.fixture(scope="module")
+def tresnet_m():
+    return create_model("tresnet_m", num_classes=7).eval()
+
+
+@pytest.mark.parametrize("height,width", [(224, 224), (448, 448), (224, 320), (96, 64)])
+def test_forward_features_is_stride_32(tresnet_m, height, width):
+    with torch.no_grad():
+        features = tresnet_m.forward_features(torch.rand(1, 3, height, width))
+        logits = tresnet_m(torch.rand(1, 3, height, width))
+    assert features.shape == (1, tresnet_m.num_features, height // 32, width // 32)
+    assert logits.shape == (1, 7)
+
+
+def test_rejects_size_not_multiple_of_32(tresnet_m):
+    with pytest.raises(ValueError, match="multiples of 32"):
+        tresnet_m(torch.rand(1, 3, 100, 224))
+
+
+def test_channels_last_by_default_and_optional():
+    model = create_model("tresnet_m", num_classes=3)
+    assert model.body.conv1.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    features = model.eval().forward_features(torch.rand(1, 3, 64, 64))
+    assert features.is_contiguous(memory_format=torch.channels_last)
+    plain = create_model("tresnet_m", num_classes=3, channels_last=False)
+    assert plain.body.conv1.conv.weight.is_contiguous()
+
+
+@pytest.mark.parametrize("arch", ["tresnet_m", "tresnet_v2_l"])
+def test_last_norm_of_each_block_starts_at_zero(arch):
+    model = create_model(arch, num_classes=3)
+    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    assert blocks and all(torch.all(b.last_norm().weight == 0) for b in blocks)
+    # so each residual branch is the identity and a fresh model is a plain stack of shortcuts
+    assert not torch.all(model.body.conv1.bn.weight == 0)
+
+
+def test_block_layout_matches_the_paper():
+    m = create_model("tresnet_m", num_classes=3)
+    assert [type(getattr(m.body, f"layer{i}")[0]).__name__ for i in range(1, 5)] == \
+        ["BasicBlock", "BasicBlock", "Bottleneck", "Bottleneck"]
+    assert m.body.layer4[0].se is None and m.body.layer3[0].se is not None
+    assert m.body.conv1.bn.slope == pytest.approx(1e-2) and m.body.layer1[0].conv1.bn.slope == pytest.approx(1e-3)
+    v2 = create_model("tresnet_v2_l", num_classes=3)
+    assert all(isinstance(getattr(v2.body, f"layer{i}")[0], Bottleneck) for i in range(1, 5))
+
+
+def test_grad_flows_to_the_stem():
+    model = create_model("tresnet_m", num_classes=4).train()
+    model(torch.rand(2, 3, 64, 64)).sum().backward()
+    assert model.body.conv1.conv.weight.grad.abs().sum() > 0

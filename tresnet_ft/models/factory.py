@@ -1,0 +1,124 @@
+"""``create_model``: a TResNet variant by name, with a head and (optionally) pretrained weights."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from .tresnet import ARCHS, TResNet
+from .weights import (PRETRAINED, default_tag, download_from_hub, download_url, read_checkpoint,
+                      to_timm_keys)
+
+log = logging.getLogger(__name__)
+
+Pretrained = Union[None, bool, str, Path]
+
+
+def _split_name(name: str) -> tuple[str, Optional[str]]:
+    arch, _, tag = name.partition(".")
+    if arch not in ARCHS:
+        raise ValueError(f"Expected a model name among {sorted(ARCHS)} (optionally with a tag such as "
+                         f"'tresnet_m.miil_in21k'), but got {name!r}.")
+    return arch, tag or None
+
+
+def _resolve_source(arch: str, name_tag: Optional[str], pretrained: Pretrained) -> Optional[str]:
+    """What to load: ``None``, a published ``arch.tag``, a URL, or a local path (as a string)."""
+    if pretrained is None or pretrained is False:
+        return f"{arch}.{name_tag}" if name_tag else None
+    if pretrained is True:
+        return f"{arch}.{name_tag or default_tag(arch)}"
+    source = str(pretrained)
+    if f"{arch}.{source}" in PRETRAINED:  # a bare tag
+        return f"{arch}.{source}"
+    if source in PRETRAINED or "://" in source or Path(source).expanduser().exists():
+        return source
+    if Path(source).suffix in (".safetensors", ".pth", ".pt", ".ckpt", ".bin"):
+        return source  # a missing file: read_checkpoint names it
+    raise ValueError(f"Expected pretrained to be True, a tag of {arch} ({[n.split('.', 1)[1] for n in PRETRAINED if n.startswith(arch + '.')]}), "
+                     f"a URL or a weights file, but got {source!r}.")
+
+
+def _fetch(source: str) -> Path:
+    if source in PRETRAINED:
+        return download_from_hub(source)
+    if "://" in source:
+        return download_url(source)
+    return Path(source).expanduser()
+
+
+def load_pretrained(model: TResNet, source: Union[str, Path]) -> TResNet:
+    """Load weights from a published ``arch.tag``, a URL or a file into ``model`` (in place).
+
+    A head whose keys or shapes differ from the checkpoint's (other class count, other head
+    type) keeps its fresh initialisation, with one log line. Any other missing or unexpected key
+    is an error listing them.
+    """
+    state = to_timm_keys(read_checkpoint(_fetch(str(source))))
+    own = model.state_dict()
+    head_state = {k: v for k, v in state.items() if k.startswith("head.")}
+    own_head = {k: v for k, v in own.items() if k.startswith("head.")}
+    if head_state and {k: v.shape for k, v in head_state.items()} != {k: v.shape for k, v in own_head.items()}:
+        shapes = {k: tuple(v.shape) for k, v in head_state.items()}
+        log.info("Pretrained head %s does not fit this model's %s head for %s outputs; "
+                 "it is re-initialised.", shapes, model.head_name, _num_outputs(model))
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    body_missing = sorted(k for k in own if k not in state and not k.startswith("head."))
+    unexpected = sorted(k for k in state if k not in own)
+    if body_missing or unexpected:
+        raise ValueError(f"Weights from {source} do not fit {type(model).__name__} "
+                         f"(norm={model.norm!r}): missing {body_missing[:8]}{' ...' if len(body_missing) > 8 else ''} "
+                         f"({len(body_missing)} in all), unexpected {unexpected[:8]} ({len(unexpected)} in all). "
+                         "Is it a checkpoint of another architecture?")
+    shape_errors = [k for k, v in state.items() if v.shape != own[k].shape]
+    if shape_errors:
+        raise ValueError(f"Weights from {source} have other shapes for {shape_errors[:8]}: "
+                         "a checkpoint of another architecture?")
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def _num_outputs(model: TResNet) -> Any:
+    fc = getattr(model.head, "fc", None)
+    return getattr(fc, "out_features", "?")
+
+
+def create_model(name: str, num_classes: Optional[int] = None, pretrained: Pretrained = None,
+                 head: str = "linear", norm: str = "inplace_abn", *, channels_last: bool = True,
+                 head_args: Optional[dict[str, Any]] = None, **kwargs: Any) -> TResNet:
+    """Build a TResNet, optionally with pretrained weights.
+
+    Args:
+        name: ``tresnet_m``, ``tresnet_l``, ``tresnet_xl`` or ``tresnet_v2_l``, optionally with a
+            published tag (``tresnet_m.miil_in21k``), which implies ``pretrained=True``.
+        num_classes: outputs of the head; ``None`` keeps the pretrained checkpoint's (or 1000).
+        pretrained: ``None``/``False`` (random init), ``True`` (the default tag), a tag, a URL,
+            or a path to ``.safetensors``/``.pth``/``.pt``/``.ckpt``.
+        head: a head name (``"linear"``, ...); ``head_args`` go to its constructor.
+        norm: ``"inplace_abn"`` (default) or ``"bn"``.
+        channels_last: NHWC weights and activations (inputs are converted in ``forward``).
+        **kwargs: passed to :class:`TResNet` (``drop_path_rate``, ``in_chans``).
+
+    Example:
+        >>> model = create_model("tresnet_m", num_classes=10)
+        >>> model(torch.rand(2, 3, 224, 224)).shape
+        torch.Size([2, 10])
+    """
+    arch, tag = _split_name(name)
+    source = _resolve_source(arch, tag, pretrained)
+    cfg = PRETRAINED.get(source) if source else None
+    if num_classes is None:
+        num_classes = cfg.num_classes if cfg else 1000
+    model = TResNet(ARCHS[arch], num_classes, norm=norm, head=head, head_args=head_args,
+                    channels_last=channels_last, **kwargs)
+    model.arch = arch
+    if cfg is not None:
+        model.pretrained_cfg = {"name": source, **asdict(cfg)}
+    if source is not None:
+        load_pretrained(model, source)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+    return model

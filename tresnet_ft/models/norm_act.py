@@ -1,0 +1,224 @@
+"""BatchNorm fused with its activation, in two flavours with identical parameters and outputs.
+
+* :class:`BatchNormAct2d` (``norm="bn"``): ``F.batch_norm`` then the activation, left to autograd.
+  It keeps the norm's input *and* the activation's input for backward.
+* :class:`InPlaceABN` (``norm="inplace_abn"``): the same function, but training keeps only the
+  *output* for backward (Rota Bulò et al., 2018). Backward inverts the activation and the affine
+  transform to recover the normalised input, so each conv → norm → act unit stores one tensor
+  instead of three.
+
+Both follow BatchNorm's parameter convention (scale = ``weight``), so timm's state dicts load
+with plain ``load_state_dict``. Checkpoints from the original InPlace-ABN (scale = |w| + eps) are
+converted on load by :mod:`tresnet_ft.models.weights`.
+
+Statistics are always computed in float32, whatever autocast does to the input. With a process
+group set (:func:`convert_sync_norm`), batch statistics and the backward reductions are summed
+across processes, which makes either layer a synchronised norm for multi-GPU training.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+# Below this |weight| the affine transform cannot be inverted accurately: x_hat = (z - bias) / w.
+# Each block's last norm starts at exactly zero, so the guard is needed from the first step.
+MIN_INVERTIBLE_WEIGHT = 1e-3
+
+_REDUCE_DIMS = (0, 2, 3)
+
+
+def _per_channel(t: torch.Tensor) -> torch.Tensor:
+    """``[C]`` -> ``[1, C, 1, 1]`` for broadcasting against an ``[N, C, H, W]`` map."""
+    return t.view(1, -1, 1, 1)
+
+
+def _world_size(group: Optional[Any]) -> int:
+    if group is None or not dist.is_available() or not dist.is_initialized():
+        return 1
+    return dist.get_world_size(group)
+
+
+def _all_reduce_sum(t: torch.Tensor, group: Optional[Any]) -> torch.Tensor:
+    if _world_size(group) > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def _batch_stats(x32: torch.Tensor, group: Optional[Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Mean and biased variance per channel over the (possibly distributed) batch.
+
+    Two reductions (mean first, then squared deviations) avoid the cancellation of the
+    sum-of-squares formula when activations have a large mean.
+    """
+    local_count = x32.numel() // x32.shape[1]
+    count = torch.tensor([float(local_count)], device=x32.device)
+    count = int(_all_reduce_sum(count, group).item()) if _world_size(group) > 1 else local_count
+    mean = _all_reduce_sum(x32.sum(_REDUCE_DIMS), group) / count
+    var = _all_reduce_sum((x32 - _per_channel(mean)).square().sum(_REDUCE_DIMS), group) / count
+    return mean, var, count
+
+
+class _NormActFunction(torch.autograd.Function):
+    """Training-mode batch norm + leaky ReLU (``slope == 1`` is the identity) with a hand-written
+    backward that saves either the output (in-place mode) or the input (classic mode)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, slope,
+                save_output, group):
+        x32 = x.float()
+        mean, var, count = _batch_stats(x32, group)
+        invstd = torch.rsqrt(var + eps)
+        with torch.no_grad():
+            unbiased = var * (count / max(count - 1, 1))
+            running_mean.lerp_(mean, momentum)
+            running_var.lerp_(unbiased, momentum)
+        scale = weight.float() * invstd
+        shift = bias.float() - mean * scale
+        y = torch.addcmul(_per_channel(shift), x32, _per_channel(scale))
+        if slope != 1.0:
+            y = F.leaky_relu(y, slope, inplace=True)
+        y = y.to(x.dtype)
+        if save_output:
+            ctx.save_for_backward(y, weight, bias, invstd)
+        else:
+            ctx.save_for_backward(x, weight, bias, invstd, mean)
+        ctx.slope, ctx.save_output, ctx.group, ctx.count = slope, save_output, group, count
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if ctx.save_output:
+            y, weight, bias, invstd = ctx.saved_tensors
+            w32, b32 = _per_channel(weight.float()), _per_channel(bias.float())
+            z = y.float()  # pre-activation, recovered by inverting the leaky ReLU
+            dz = grad_out.float()
+            if ctx.slope != 1.0:
+                negative = z < 0
+                z = torch.where(negative, z / ctx.slope, z)
+                dz = torch.where(negative, dz * ctx.slope, dz)
+            x_hat = (z - b32) / w32
+        else:
+            x, weight, bias, invstd, mean = ctx.saved_tensors
+            w32 = _per_channel(weight.float())
+            x_hat = (x.float() - _per_channel(mean)) * _per_channel(invstd)
+            dz = grad_out.float()
+            if ctx.slope != 1.0:
+                dz = torch.where(x_hat * w32 + _per_channel(bias.float()) < 0, dz * ctx.slope, dz)
+        grad_bias = dz.sum(_REDUCE_DIMS)
+        grad_weight = (dz * x_hat).sum(_REDUCE_DIMS)
+        # Parameter gradients stay local (DDP averages them); the input gradient needs the
+        # global reductions because the statistics were global.
+        sums = _all_reduce_sum(torch.stack([grad_bias, grad_weight]), ctx.group) / ctx.count
+        grad_x = (dz - _per_channel(sums[0]) - x_hat * _per_channel(sums[1]))
+        grad_x = grad_x * _per_channel(weight.float() * invstd)
+        return (grad_x.to(grad_out.dtype), grad_weight.to(weight.dtype), grad_bias.to(bias.dtype),
+                None, None, None, None, None, None, None)
+
+
+class BatchNormAct2d(nn.Module):
+    """BatchNorm2d followed by LeakyReLU (or nothing), computed by autograd.
+
+    Args:
+        num_features: channels ``C``.
+        activation: ``"leaky_relu"`` or ``"identity"``.
+        slope: negative slope of the leaky ReLU.
+        eps, momentum: as in :class:`torch.nn.BatchNorm2d`.
+
+    Shapes:
+        ``[N, C, H, W]`` -> ``[N, C, H, W]`` (any memory format; statistics in float32).
+    """
+
+    def __init__(self, num_features: int, activation: str = "leaky_relu", slope: float = 0.01,
+                 eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        if activation not in ("leaky_relu", "identity"):
+            raise ValueError(f"Expected activation 'leaky_relu' or 'identity', but got {activation!r}.")
+        self.num_features, self.activation, self.eps, self.momentum = num_features, activation, eps, momentum
+        self.slope = float(slope) if activation == "leaky_relu" else 1.0
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.process_group: Optional[Any] = None  # set by convert_sync_norm
+
+    @property
+    def synchronised(self) -> bool:
+        return self.process_group is not None
+
+    def extra_repr(self) -> str:
+        act = f"leaky_relu({self.slope:g})" if self.activation == "leaky_relu" else "identity"
+        return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum}, act={act}"
+
+    def _activate(self, y: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(y, self.slope) if self.slope != 1.0 else y
+
+    def _eval_forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         False, 0.0, self.eps)
+        return self._activate(y)
+
+    def _fused_train_forward(self, x: torch.Tensor, save_output: bool) -> torch.Tensor:
+        return _NormActFunction.apply(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                      self.momentum, self.eps, self.slope, save_output, self.process_group)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self._eval_forward(x)
+        self.num_batches_tracked.add_(1)
+        if self.synchronised:
+            return self._fused_train_forward(x, save_output=False)
+        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         True, self.momentum, self.eps)
+        return self._activate(y)
+
+
+class InPlaceABN(BatchNormAct2d):
+    """In-place activated BatchNorm: same function and parameters as :class:`BatchNormAct2d`, but
+    training keeps only the output for backward.
+
+    When some ``|weight| < MIN_INVERTIBLE_WEIGHT`` (e.g. the zero-initialised last norm of a
+    fresh block) the output does not determine the input, so that call keeps the input instead.
+    The check reads the weights on the host: one device sync per layer per training step on GPU.
+
+    Shapes:
+        ``[N, C, H, W]`` -> ``[N, C, H, W]``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self._eval_forward(x)
+        self.num_batches_tracked.add_(1)
+        invertible = bool((self.weight.detach().abs() >= MIN_INVERTIBLE_WEIGHT).all())
+        return self._fused_train_forward(x, save_output=invertible)
+
+
+NORM_LAYERS: dict[str, type[BatchNormAct2d]] = {
+    "inplace_abn": InPlaceABN,
+    "bn": BatchNormAct2d,
+}
+
+
+def create_norm_act(norm: str, num_features: int, activation: str, slope: float = 0.01) -> BatchNormAct2d:
+    """Build the norm layer registered as ``norm`` (``"inplace_abn"`` or ``"bn"``)."""
+    if norm not in NORM_LAYERS:
+        raise ValueError(f"Expected norm to be one of {sorted(NORM_LAYERS)}, but got {norm!r}.")
+    return NORM_LAYERS[norm](num_features, activation=activation, slope=slope)
+
+
+def convert_sync_norm(module: nn.Module, process_group: Optional[Any] = None) -> nn.Module:
+    """Make every norm layer of ``module`` synchronise its batch statistics across processes.
+
+    Works in place and returns ``module``. ``process_group=None`` means the default (world)
+    group. Use this instead of ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``, which does not
+    know these layers; outside an initialised process group the layers behave as before.
+    """
+    group = process_group if process_group is not None else dist.group.WORLD
+    for layer in module.modules():
+        if isinstance(layer, BatchNormAct2d):
+            layer.process_group = group
+    return module

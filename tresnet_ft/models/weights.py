@@ -1,0 +1,198 @@
+"""Pretrained weights: the published tag table, fetching, safe reading, and key conversion.
+
+Three checkpoint formats are recognised and brought to timm's keys:
+
+* timm / model hub (``body.conv1.conv.weight``, ``head.fc.*``): used as is;
+* the original TResNet repository (``body.conv1.0.weight``, ``body.layer2.0.conv1.0.0.weight``,
+  maybe wrapped in ``model`` or ``state_dict``): renamed, blur filters dropped, and InPlace-ABN
+  scales converted to BatchNorm's convention with ``|w| + 1e-5``;
+* this project's Lightning checkpoints (``state_dict`` with a ``model.`` prefix).
+
+Nothing is ever unpickled beyond tensors: ``torch.load(weights_only=True)`` or safetensors.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ORIGINAL_IABN_EPS = 1e-5
+WEIGHTS_CACHE = Path(os.environ.get("TRESNET_FT_WEIGHTS", Path.home() / ".cache" / "tresnet-ft" / "weights"))
+
+
+class UnsafeCheckpointError(ValueError):
+    """The file holds pickled Python objects beyond tensors, which could run code when loaded."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be fetched (offline, or no such file)."""
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """One published checkpoint on the model hub, with the preprocessing it was trained with."""
+
+    hub_id: str
+    input_size: int = 224
+    num_classes: int = 1000
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    top1: Optional[float] = None  # ImageNet-1k top-1 as reported (None: not a 1k classifier / not given)
+
+
+# arch.tag -> published checkpoint. The first tag listed for an arch is its default.
+PRETRAINED: dict[str, PretrainedCfg] = {
+    "tresnet_m.miil_in21k_ft_in1k": PretrainedCfg("timm/tresnet_m.miil_in21k_ft_in1k", top1=83.1),
+    "tresnet_m.miil_in21k": PretrainedCfg("timm/tresnet_m.miil_in21k", num_classes=11221),
+    "tresnet_m.miil_in1k": PretrainedCfg("timm/tresnet_m.miil_in1k", top1=80.8),
+    "tresnet_m.miil_in1k_448": PretrainedCfg("timm/tresnet_m.miil_in1k_448", input_size=448),
+    "tresnet_l.miil_in1k": PretrainedCfg("timm/tresnet_l.miil_in1k", top1=81.5),
+    "tresnet_l.miil_in1k_448": PretrainedCfg("timm/tresnet_l.miil_in1k_448", input_size=448),
+    "tresnet_xl.miil_in1k": PretrainedCfg("timm/tresnet_xl.miil_in1k", top1=82.1),
+    "tresnet_xl.miil_in1k_448": PretrainedCfg("timm/tresnet_xl.miil_in1k_448", input_size=448),
+    "tresnet_v2_l.miil_in21k_ft_in1k": PretrainedCfg("timm/tresnet_v2_l.miil_in21k_ft_in1k", top1=83.9),
+    "tresnet_v2_l.miil_in21k": PretrainedCfg("timm/tresnet_v2_l.miil_in21k", num_classes=11221),
+}
+
+
+def list_pretrained(arch: Optional[str] = None) -> list[str]:
+    """Published ``arch.tag`` names, optionally only those of ``arch``."""
+    return [name for name in PRETRAINED if arch is None or name.split(".")[0] == arch]
+
+
+def default_tag(arch: str) -> str:
+    """The tag ``pretrained=True`` picks for ``arch``."""
+    names = list_pretrained(arch)
+    if not names:
+        raise ValueError(f"No pretrained weights are published for {arch!r}.")
+    return names[0].split(".", 1)[1]
+
+
+# --- fetching -------------------------------------------------------------------------------
+
+def _offline_message(what: str, where: str) -> str:
+    return (f"Could not fetch {what}: no network, or it is not in the cache ({where}). "
+            "Fix: connect once to fill the cache, or download the file elsewhere and pass its path, "
+            "e.g. create_model('tresnet_m', 10, pretrained='/path/to/model.safetensors') or "
+            "--model.pretrained /path/to/model.safetensors.")
+
+
+def download_from_hub(name: str) -> Path:
+    """Fetch ``model.safetensors`` of the published ``arch.tag`` into the Hugging Face cache.
+
+    Honours ``HF_HUB_OFFLINE=1`` (cache only).
+    """
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    cfg = PRETRAINED[name]
+    try:
+        return Path(huggingface_hub.hf_hub_download(cfg.hub_id, "model.safetensors"))
+    except Exception as err:  # the hub raises many types for "offline", "no cache", "no repo"
+        where = f"hub id {cfg.hub_id}, cache folder {constants.HF_HUB_CACHE}"
+        raise WeightsUnavailableError(_offline_message(f"pretrained weights {name!r}", where)
+                                      + f" ({type(err).__name__})") from None
+
+
+def download_url(url: str, cache_dir: Path = WEIGHTS_CACHE) -> Path:
+    """Fetch a weights file from ``url`` into ``cache_dir`` (once), with a progress bar."""
+    target = cache_dir / Path(url.split("?")[0]).name
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), progress=True)
+    except (urllib.error.URLError, OSError) as err:
+        raise WeightsUnavailableError(_offline_message(f"weights from {url}", str(cache_dir))
+                                      + f" ({err})") from None
+    return target
+
+
+# --- reading --------------------------------------------------------------------------------
+
+def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
+    """Load a ``.safetensors``, ``.pth``, ``.pt`` or ``.ckpt`` file without running any code.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: the file needs arbitrary unpickling (possibly malicious).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Weights file {path} does not exist. Check the path, or pass a "
+                                f"published tag instead (see tresnet_ft.list_pretrained()).")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"Refusing to load {path}: it contains pickled Python objects beyond tensors, and "
+            "unpickling them could run arbitrary code. Fix: if you trust its author, re-save just "
+            "the state dict (torch.save(model.state_dict(), ...)) or convert it to .safetensors. "
+            f"Details: {str(err).splitlines()[0]}") from None
+
+
+def _unwrap(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Find the state dict inside a training checkpoint (``state_dict`` / ``model`` wrappers)."""
+    for key in ("state_dict", "model", "state_dict_ema"):
+        inner = checkpoint.get(key)
+        if isinstance(inner, Mapping):
+            return _unwrap(inner)
+    tensors = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f"Expected a state dict of tensors, but found keys {sorted(checkpoint)[:10]}.")
+    return tensors
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop a wrapper prefix (``model.``, ``module.``, ...) in front of ``body.``."""
+    anchor = next((k for k in state if re.search(r"(^|\.)body\.conv1\.", k)), None)
+    if anchor is None:
+        raise ValueError("Expected TResNet weights (keys like 'body.conv1.conv.weight'), but none of "
+                         f"the {len(state)} keys look like it, e.g. {sorted(state)[:5]}.")
+    prefix = anchor[: anchor.index("body.")]
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+_ORIGINAL_RENAMES = [
+    (re.compile(r"conv(\d+)\.0\.0\."), r"conv\1.conv."),
+    (re.compile(r"conv(\d+)\.0\.1\."), r"conv\1.bn."),
+    (re.compile(r"conv(\d+)\.0\."), r"conv\1.conv."),
+    (re.compile(r"conv(\d+)\.1\."), r"conv\1.bn."),
+    (re.compile(r"downsample\.(\d+)\.0\."), r"downsample.\1.conv."),
+    (re.compile(r"downsample\.(\d+)\.1\."), r"downsample.\1.bn."),
+]
+
+
+def _convert_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original TResNet repository keys -> timm keys; InPlace-ABN scales -> BatchNorm scales."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith(".filt"):  # the fixed blur kernel; ours is rebuilt, not loaded
+            continue
+        for pattern, replacement in _ORIGINAL_RENAMES:
+            key = pattern.sub(replacement, key)
+        if key.endswith("bn.weight"):
+            value = value.abs() + ORIGINAL_IABN_EPS  # InPlace-ABN uses scale = |w| + eps
+        out[key] = value
+    return out
+
+
+def to_timm_keys(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Any supported checkpoint (see module docstring) -> a state dict with timm's keys."""
+    state = _strip_prefix(_unwrap(checkpoint))
+    if "body.conv1.0.weight" in state:
+        state = _convert_original(state)
+    return state
