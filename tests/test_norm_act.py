@@ -120,3 +120,16 @@ def test_tresnet_m_saves_at_most_0_7x_the_activation_memory_of_plain_bn():
     base = saved_activation_bytes(plain, x)
     assert saved_activation_bytes(fresh, x) <= 0.7 * base
     assert saved_activation_bytes(tuned, x) <= 0.65 * base
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_same_values_and_gradients():
+    layer = _pair("leaky_relu")
+    x = torch.randn(4, 6, 5, 5)
+    x_eager, x_compiled = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected = layer(x_eager)
+    expected.sum().backward()
+    got = torch.compile(layer)(x_compiled)
+    got.sum().backward()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x_compiled.grad, x_eager.grad, atol=1e-5, rtol=1e-4)

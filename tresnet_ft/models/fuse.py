@@ -21,7 +21,9 @@ class FrozenActivation(nn.Module):
         return "identity" if self.slope == 1.0 else f"leaky_relu({self.slope:g})"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.slope == 1.0 else nn.functional.leaky_relu(x, self.slope)
+        # In place: the fused model never needs the conv output again, and on CPU a fresh
+        # activation-sized allocation costs page faults.
+        return x if self.slope == 1.0 else nn.functional.leaky_relu(x, self.slope, inplace=True)
 
 
 @torch.no_grad()

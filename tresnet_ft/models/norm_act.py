@@ -144,11 +144,14 @@ class BatchNormAct2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
-        self.process_group: Optional[Any] = None  # set by convert_sync_norm
+        self.synchronised = False  # set by convert_sync_norm
+        self.process_group: Optional[Any] = None  # None: the default (world) group
 
-    @property
-    def synchronised(self) -> bool:
-        return self.process_group is not None
+    def _stats_group(self) -> Optional[Any]:
+        """The process group to reduce statistics over, or ``None`` for local statistics."""
+        if not self.synchronised or not dist.is_available() or not dist.is_initialized():
+            return None
+        return self.process_group if self.process_group is not None else dist.group.WORLD
 
     def extra_repr(self) -> str:
         act = f"leaky_relu({self.slope:g})" if self.activation == "leaky_relu" else "identity"
@@ -164,13 +167,13 @@ class BatchNormAct2d(nn.Module):
 
     def _fused_train_forward(self, x: torch.Tensor, save_output: bool) -> torch.Tensor:
         return _NormActFunction.apply(x, self.weight, self.bias, self.running_mean, self.running_var,
-                                      self.momentum, self.eps, self.slope, save_output, self.process_group)
+                                      self.momentum, self.eps, self.slope, save_output, self._stats_group())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self._eval_forward(x)
         self.num_batches_tracked.add_(1)
-        if self.synchronised:
+        if self._stats_group() is not None:
             return self._fused_train_forward(x, save_output=False)
         y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                          True, self.momentum, self.eps)
@@ -184,6 +187,7 @@ class InPlaceABN(BatchNormAct2d):
     When some ``|weight| < MIN_INVERTIBLE_WEIGHT`` (e.g. the zero-initialised last norm of a
     fresh block) the output does not determine the input, so that call keeps the input instead.
     The check reads the weights on the host: one device sync per layer per training step on GPU.
+    Under ``torch.compile`` the layer always keeps its input (no data-dependent branch).
 
     Shapes:
         ``[N, C, H, W]`` -> ``[N, C, H, W]``.
@@ -193,6 +197,10 @@ class InPlaceABN(BatchNormAct2d):
         if not self.training:
             return self._eval_forward(x)
         self.num_batches_tracked.add_(1)
+        if torch.compiler.is_compiling():
+            # The invertibility check reads device data, which would break the compiled graph
+            # at every layer; compiled models keep the input instead.
+            return self._fused_train_forward(x, save_output=False)
         invertible = bool((self.weight.detach().abs() >= MIN_INVERTIBLE_WEIGHT).all())
         return self._fused_train_forward(x, save_output=invertible)
 
@@ -217,8 +225,8 @@ def convert_sync_norm(module: nn.Module, process_group: Optional[Any] = None) ->
     group. Use this instead of ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``, which does not
     know these layers; outside an initialised process group the layers behave as before.
     """
-    group = process_group if process_group is not None else dist.group.WORLD
     for layer in module.modules():
         if isinstance(layer, BatchNormAct2d):
-            layer.process_group = group
+            layer.synchronised = True
+            layer.process_group = process_group
     return module
