@@ -111,7 +111,9 @@ def test_group_fc_matches_a_per_group_reference() -> None:
     ("num_classes", "num_groups", "expected_groups"),
     [(20, -1, 20), (250, -1, 100), (80, 20, 20), (5, 50, 5), (1, -1, 1)],
 )
-def test_query_groups_and_outputs_per_group(num_classes: int, num_groups: int, expected_groups: int) -> None:
+def test_query_groups_and_outputs_per_group(
+    num_classes: int, num_groups: int, expected_groups: int
+) -> None:
     head = MLDecoder(16, num_classes, num_groups=num_groups, **SMALL)
     assert head.queries.shape == (expected_groups, SMALL["embed_dim"])
     assert head.group_fc_weight.shape[-1] == math.ceil(num_classes / expected_groups)
@@ -170,7 +172,8 @@ def test_ml_decoder_under_bfloat16_autocast() -> None:
 
 def test_bad_inputs_raise_value_errors() -> None:
     head = MLDecoder(64, 10, **SMALL)
-    with pytest.raises(ValueError, match=r"Expected features of shape \[B, 64, H, W\], but got \[2, 32, 7, 7\]"):
+    expected = r"Expected features of shape \[B, 64, H, W\], but got \[2, 32, 7, 7\]"
+    with pytest.raises(ValueError, match=expected):
         head(torch.randn(2, 32, 7, 7))
     with pytest.raises(ValueError, match="but got \\[2, 64\\]"):
         head(torch.randn(2, 64))

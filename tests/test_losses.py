@@ -94,7 +94,9 @@ def test_asymmetric_loss_discards_easy_negatives_and_defines_mean() -> None:
 
 def test_single_label_asl_without_focusing_is_label_smoothed_cross_entropy() -> None:
     logits, labels = torch.randn(7, 11) * 2, torch.randint(0, 11, (7,))
-    ours = asymmetric_loss_single_label(logits, labels, gamma_pos=0, gamma_neg=0, label_smoothing=0.2)
+    ours = asymmetric_loss_single_label(
+        logits, labels, gamma_pos=0, gamma_neg=0, label_smoothing=0.2
+    )
     torch.testing.assert_close(ours, F.cross_entropy(logits, labels, label_smoothing=0.2))
 
 
@@ -125,7 +127,9 @@ def test_binary_cross_entropy_matches_the_formula() -> None:
 
 EXTREME_LOSSES = {
     "cross_entropy": lambda x, labels, multi: cross_entropy(x, labels, label_smoothing=0.1),
-    "soft_target": lambda x, labels, multi: soft_target_cross_entropy(x, F.one_hot(labels, 6).float()),
+    "soft_target": lambda x, labels, multi: soft_target_cross_entropy(
+        x, F.one_hot(labels, 6).float()
+    ),
     "bce": lambda x, labels, multi: binary_cross_entropy(x, multi),
     "asl": lambda x, labels, multi: asymmetric_loss(x, multi),
     "asl_no_clip_focal_grad": lambda x, labels, multi: asymmetric_loss(
@@ -143,9 +147,13 @@ EXTREME_LOSSES = {
 
 @pytest.mark.parametrize("name", sorted(EXTREME_LOSSES))
 @pytest.mark.parametrize(
-    "dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16_autocast", "fp16_autocast"]
+    "dtype",
+    [torch.float32, torch.bfloat16, torch.float16],
+    ids=["fp32", "bf16_autocast", "fp16_autocast"],
 )
-def test_extreme_logits_give_finite_float32_loss_and_gradient(name: str, dtype: torch.dtype) -> None:
+def test_extreme_logits_give_finite_float32_loss_and_gradient(
+    name: str, dtype: torch.dtype
+) -> None:
     # Every combination of +-100 logits with right and wrong labels.
     logits = torch.tensor([[100.0, -100.0, 100.0, -100.0, 0.0, 100.0]] * 4, dtype=dtype)
     logits[1] = -logits[1]
@@ -173,7 +181,8 @@ def test_losses_compute_in_float32_under_autocast() -> None:
 
 def test_bad_inputs_raise_value_errors() -> None:
     logits = torch.randn(8, 20)
-    with pytest.raises(ValueError, match=r"Expected targets of shape \[N, K\] matching logits \[8, 20\], but got \[8\]"):
+    expected = r"Expected targets of shape \[N, K\] matching logits \[8, 20\], but got \[8\]"
+    with pytest.raises(ValueError, match=expected):
         asymmetric_loss(logits, torch.ones(8))
     with pytest.raises(ValueError, match=r"Expected integer labels of shape \[8\]"):
         asymmetric_loss_single_label(logits, torch.zeros(8, 20))

@@ -271,7 +271,9 @@ class SoftTargetCrossEntropy(nn.Module):
 class BinaryCrossEntropy(nn.Module):
     """Module form of :func:`binary_cross_entropy`: ``(logits [N, K], targets [N, K])``."""
 
-    def __init__(self, reduction: Reduction = "mean", pos_weight: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, reduction: Reduction = "mean", pos_weight: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         _check_reduction(reduction)
         self.reduction = reduction

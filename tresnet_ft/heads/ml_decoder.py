@@ -90,7 +90,9 @@ class CrossAttentionDecoderLayer(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
         self.query_norm = nn.LayerNorm(embed_dim)
-        self.cross_attn = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(
+            embed_dim, num_heads, dropout=dropout, batch_first=True
+        )
         self.attn_norm = nn.LayerNorm(embed_dim)
         self.ffn_in = nn.Linear(embed_dim, ffn_dim)
         self.ffn_out = nn.Linear(ffn_dim, embed_dim)
@@ -159,7 +161,8 @@ class MLDecoder(nn.Module):
         self.group_fc_weight = nn.Parameter(torch.empty(groups, embed_dim, self.outputs_per_group))
         self.class_bias = nn.Parameter(torch.zeros(num_classes))
         # Xavier-normal for each group's own [D -> outputs_per_group] map.
-        nn.init.normal_(self.group_fc_weight, std=math.sqrt(2.0 / (embed_dim + self.outputs_per_group)))
+        fan_sum = embed_dim + self.outputs_per_group
+        nn.init.normal_(self.group_fc_weight, std=math.sqrt(2.0 / fan_sum))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.ndim != 4 or features.shape[1] != self.num_features:
@@ -195,7 +198,9 @@ def _validate_arguments(
             f"but got {num_features} and {num_classes}."
         )
     if num_groups != -1 and num_groups < 1:
-        raise ValueError(f"Expected num_groups to be -1 or a positive integer, but got {num_groups}.")
+        raise ValueError(
+            f"Expected num_groups to be -1 or a positive integer, but got {num_groups}."
+        )
     if embed_dim % num_heads != 0:
         raise ValueError(
             f"Expected embed_dim to be divisible by num_heads, but got {embed_dim} and {num_heads}."
