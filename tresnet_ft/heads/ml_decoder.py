@@ -20,8 +20,9 @@ from torch.nn import functional as F
 
 DEFAULT_MAX_GROUPS = 100
 
-# Original key prefix (below ``decoder.``) -> our prefix. Exact-key entries come first because
-# ``duplicate_pooling`` is a prefix of ``duplicate_pooling_bias``.
+# Original names below ``decoder.`` -> ours. Tensors owned by the head itself are matched as whole
+# keys (a prefix match would confuse ``duplicate_pooling`` with ``duplicate_pooling_bias``);
+# submodules are matched by prefix.
 _ORIGINAL_EXACT_KEYS = {
     "query_embed.weight": "queries",
     "duplicate_pooling": "group_fc_weight",
