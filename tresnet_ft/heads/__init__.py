@@ -10,9 +10,11 @@ from typing import Any, Callable
 from torch import nn
 
 from .linear import LinearHead
+from .ml_decoder import MLDecoder, convert_ml_decoder_state_dict
 
 HEADS: dict[str, Callable[..., nn.Module]] = {
     "linear": LinearHead,
+    "ml_decoder": MLDecoder,
 }
 
 
@@ -29,4 +31,4 @@ def create_head(name: str, num_features: int, num_classes: int, **head_args: Any
     return HEADS[name](num_features, num_classes, **head_args)
 
 
-__all__ = ["HEADS", "LinearHead", "create_head"]
+__all__ = ["HEADS", "LinearHead", "MLDecoder", "convert_ml_decoder_state_dict", "create_head"]
