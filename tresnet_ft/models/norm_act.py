@@ -62,61 +62,97 @@ def _batch_stats(x32: torch.Tensor, group: Optional[Any]) -> tuple[torch.Tensor,
     return mean, var, count
 
 
+def _affine_coefficients(weight, bias, mean, invstd):
+    """Per-channel ``scale, shift`` with ``norm(x) = x * scale + shift``, in float32."""
+    scale = weight.float() * invstd
+    return scale, bias.float() - mean * scale
+
+
 class _NormActFunction(torch.autograd.Function):
     """Training-mode batch norm + leaky ReLU (``slope == 1`` is the identity) with a hand-written
-    backward that saves either the output (in-place mode) or the input (classic mode)."""
+    backward that saves either the output (in-place mode) or the input (classic mode).
+
+    Without a process group the heavy lifting is ATen's own batch-norm kernels: forward is
+    ``native_batch_norm``, and backward rebuilds the input from the output (two elementwise
+    passes) and calls ``native_batch_norm_backward``. With a process group the statistics and
+    the two backward reductions are summed across processes.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, slope,
                 save_output, group):
-        x32 = x.float()
-        mean, var, count = _batch_stats(x32, group)
-        invstd = torch.rsqrt(var + eps)
-        with torch.no_grad():
-            unbiased = var * (count / max(count - 1, 1))
-            running_mean.lerp_(mean, momentum)
-            running_var.lerp_(unbiased, momentum)
-        scale = weight.float() * invstd
-        shift = bias.float() - mean * scale
-        y = torch.addcmul(_per_channel(shift), x32, _per_channel(scale))
-        if slope != 1.0:
-            y = F.leaky_relu(y, slope, inplace=True)
-        y = y.to(x.dtype)
-        if save_output:
-            ctx.save_for_backward(y, weight, bias, invstd)
+        if group is None:
+            y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var,
+                                                      True, momentum, eps)
         else:
-            ctx.save_for_backward(x, weight, bias, invstd, mean)
-        ctx.slope, ctx.save_output, ctx.group, ctx.count = slope, save_output, group, count
+            y, mean, invstd = _distributed_batch_norm(x, weight, bias, running_mean, running_var,
+                                                      momentum, eps, group)
+        if slope != 1.0:
+            y = F.leaky_relu_(y, slope)
+        ctx.save_for_backward(y if save_output else x, weight, bias, mean, invstd)
+        ctx.slope, ctx.eps, ctx.save_output, ctx.group = slope, eps, save_output, group
         return y
 
     @staticmethod
     def backward(ctx, grad_out):
+        kept, weight, bias, mean, invstd = ctx.saved_tensors
         if ctx.save_output:
-            y, weight, bias, invstd = ctx.saved_tensors
-            w32, b32 = _per_channel(weight.float()), _per_channel(bias.float())
-            z = y.float()  # pre-activation, recovered by inverting the leaky ReLU
-            dz = grad_out.float()
-            if ctx.slope != 1.0:
-                negative = z < 0
-                z = torch.where(negative, z / ctx.slope, z)
-                dz = torch.where(negative, dz * ctx.slope, dz)
-            x_hat = (z - b32) / w32
+            # Invert the activation: a leaky ReLU with slope 1/slope gives the pre-activation z.
+            grad_z = grad_out if ctx.slope == 1.0 else \
+                torch.ops.aten.leaky_relu_backward(grad_out, kept, ctx.slope, True)
+            z = kept if ctx.slope == 1.0 else F.leaky_relu(kept, 1.0 / ctx.slope)
+            # z = weight * x_hat + bias, so the BatchNorm backward kernel fed with input z,
+            # "mean" bias and "invstd" 1/weight sees the right x_hat; weight**2 * invstd makes its
+            # final factor weight * invstd. This avoids rebuilding x itself.
+            inputs, centre, spread = z, bias, weight.reciprocal()
+            gain = weight.square() * invstd
         else:
-            x, weight, bias, invstd, mean = ctx.saved_tensors
-            w32 = _per_channel(weight.float())
-            x_hat = (x.float() - _per_channel(mean)) * _per_channel(invstd)
-            dz = grad_out.float()
+            inputs, centre, spread, gain = kept, mean, invstd, weight
+            grad_z = grad_out
             if ctx.slope != 1.0:
-                dz = torch.where(x_hat * w32 + _per_channel(bias.float()) < 0, dz * ctx.slope, dz)
-        grad_bias = dz.sum(_REDUCE_DIMS)
-        grad_weight = (dz * x_hat).sum(_REDUCE_DIMS)
-        # Parameter gradients stay local (DDP averages them); the input gradient needs the
-        # global reductions because the statistics were global.
-        sums = _all_reduce_sum(torch.stack([grad_bias, grad_weight]), ctx.group) / ctx.count
-        grad_x = (dz - _per_channel(sums[0]) - x_hat * _per_channel(sums[1]))
-        grad_x = grad_x * _per_channel(weight.float() * invstd)
-        return (grad_x.to(grad_out.dtype), grad_weight.to(weight.dtype), grad_bias.to(bias.dtype),
-                None, None, None, None, None, None, None)
+                scale, shift = _affine_coefficients(weight, bias, mean, invstd)
+                z = torch.addcmul(_per_channel(shift), kept.float(), _per_channel(scale))
+                grad_z = torch.ops.aten.leaky_relu_backward(grad_out, z, ctx.slope, False)
+        if ctx.group is None:
+            grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+                grad_z, inputs, gain, None, None, centre, spread, True, ctx.eps, [True, True, True])
+        else:
+            grad_x, grad_weight, grad_bias = _distributed_batch_norm_backward(
+                grad_z, inputs, centre, spread, gain, ctx.group)
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None, None, None
+
+
+def _distributed_batch_norm(x, weight, bias, running_mean, running_var, momentum, eps, group):
+    """``native_batch_norm`` with statistics over every process of ``group``."""
+    x32 = x.float()
+    mean, var, count = _batch_stats(x32, group)
+    invstd = torch.rsqrt(var + eps)
+    with torch.no_grad():
+        running_mean.lerp_(mean, momentum)
+        running_var.lerp_(var * (count / max(count - 1, 1)), momentum)
+    scale, shift = _affine_coefficients(weight, bias, mean, invstd)
+    y = torch.addcmul(_per_channel(shift), x32, _per_channel(scale)).to(x.dtype)
+    return y, mean, invstd
+
+
+def _distributed_batch_norm_backward(grad_z, inputs, centre, spread, gain, group):
+    """``native_batch_norm_backward`` with the two reductions summed over ``group``.
+
+    ``x_hat = (inputs - centre) * spread`` and ``grad_x = (...) * gain * spread``, the same
+    contract as the ATen kernel, so both backward modes share it.
+    """
+    dz = grad_z.float()
+    x_hat = (inputs.float() - _per_channel(centre.float())) * _per_channel(spread.float())
+    grad_bias = dz.sum(_REDUCE_DIMS)
+    grad_weight = (dz * x_hat).sum(_REDUCE_DIMS)
+    # Parameter gradients stay local (DDP averages them); the input gradient needs the global
+    # reductions because the statistics were global.
+    count = torch.tensor([float(inputs.numel() // inputs.shape[1])], device=inputs.device)
+    count = _all_reduce_sum(count, group)
+    sums = _all_reduce_sum(torch.stack([grad_bias, grad_weight]), group) / count
+    grad_x = (dz - _per_channel(sums[0]) - x_hat * _per_channel(sums[1]))
+    grad_x = grad_x * _per_channel(gain.float() * spread.float())
+    return grad_x.to(grad_z.dtype), grad_weight.to(gain.dtype), grad_bias.to(gain.dtype)
 
 
 class BatchNormAct2d(nn.Module):
