@@ -36,8 +36,13 @@ def default_num_workers() -> int:
     return max(1, min(8, cores - 1))
 
 
-def _init_worker(worker_id: int) -> None:
-    # OpenCV's own thread pool fights the other workers for the same cores; one worker, one thread.
+def single_threaded_opencv() -> None:
+    """Make OpenCV run its ops on the calling thread, before loader workers are forked.
+
+    Workers are the parallelism: OpenCV's own thread pool would fight them for the same cores.
+    It must be set in the parent: a forked worker that reconfigures a pool it inherited mid-use
+    can deadlock (seen here in ``pthread_cond_destroy``).
+    """
     cv2.setNumThreads(1)
 
 
@@ -258,6 +263,8 @@ class ImageDataModule(pl.LightningDataModule):
             self.setup({"train": "fit", "val": "validate", "test": "test"}.get(split, "predict"))
         dataset = self.datasets[split]
         workers = self.num_workers
+        if workers > 0:
+            single_threaded_opencv()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -266,7 +273,6 @@ class ImageDataModule(pl.LightningDataModule):
             pin_memory=self._pin_memory(),
             persistent_workers=self.persistent_workers and workers > 0,
             drop_last=shuffle and len(dataset) > self.batch_size,  # type: ignore[arg-type]
-            worker_init_fn=_init_worker if workers > 0 else None,
         )
 
     def _pin_memory(self) -> bool:
