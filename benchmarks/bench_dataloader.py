@@ -12,10 +12,10 @@ DCT-reduced JPEG decode, OpenCV vs Pillow decode, uint8 vs float32 output).
 Run from the repository root (with the package installed, or with PYTHONPATH=.):
     python benchmarks/bench_dataloader.py [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import platform
 import resource
@@ -51,7 +51,9 @@ def make_jpegs(folder: Path, num: int, long_side: int = 500) -> list[Path]:
         image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.int16)
         image += rng.normal(0, 10, size=image.shape).astype(np.int16)
         path = folder / f"{i:04d}.jpg"
-        cv2.imwrite(str(path), np.clip(image, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        cv2.imwrite(
+            str(path), np.clip(image, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90]
+        )
         paths.append(path)
     return paths
 
@@ -67,8 +69,14 @@ def loader_rate(dataset, workers: int, batch_size: int, batches: int) -> tuple[f
     total_batches = batches + workers + 1
     # Sampling with replacement lets a small file set feed any number of batches.
     sampler = RandomSampler(dataset, replacement=True, num_samples=batch_size * total_batches)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        persistent_workers=False, prefetch_factor=4)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=False,
+        prefetch_factor=4,
+    )
     before = _children_cpu()
     iterator = iter(loader)
     for _ in range(workers):
@@ -96,7 +104,9 @@ def per_image_ms(function, items, repeat: int = 1) -> float:
     return (time.perf_counter() - start) / (repeat * len(items)) * 1e3
 
 
-def breakdown(paths: list[Path], large: list[Path], cifar: InMemoryImageDataset, size: int) -> list[tuple[str, float]]:
+def breakdown(
+    paths: list[Path], large: list[Path], cifar: InMemoryImageDataset, size: int
+) -> list[tuple[str, float]]:
     """Single-thread milliseconds per image for each stage and each alternative."""
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -104,11 +114,16 @@ def breakdown(paths: list[Path], large: list[Path], cifar: InMemoryImageDataset,
     photos = [read_image(p) for p in sample]
     train_uint8 = build_transforms(train=True, image_size=size, output="uint8")
     train_float = build_transforms(train=True, image_size=size, output="float")
-    bare = build_transforms(train=True, image_size=size, output="uint8", randaugment_ops=0, cutout=0.0)
+    bare = build_transforms(
+        train=True, image_size=size, output="uint8", randaugment_ops=0, cutout=0.0
+    )
     rows = [
         ("decode 500 px JPEG (OpenCV)", per_image_ms(read_image, sample)),
         ("decode 1200 px JPEG, full size (OpenCV)", per_image_ms(read_image, large)),
-        (f"decode 1200 px JPEG, DCT-reduced to >= {size} px (OpenCV)", per_image_ms(lambda p: read_image(p, min_size=size), large)),
+        (
+            f"decode 1200 px JPEG, DCT-reduced to >= {size} px (OpenCV)",
+            per_image_ms(lambda p: read_image(p, min_size=size), large),
+        ),
     ]
     try:
         from PIL import Image
@@ -123,27 +138,42 @@ def breakdown(paths: list[Path], large: list[Path], cifar: InMemoryImageDataset,
                 return np.asarray(image.convert("RGB"))
 
         rows.append(("decode 500 px JPEG (Pillow)", per_image_ms(pil_decode, sample)))
-        rows.append((f"decode 1200 px JPEG, draft to >= {size} px (Pillow)", per_image_ms(pil_draft, large)))
+        rows.append(
+            (f"decode 1200 px JPEG, draft to >= {size} px (Pillow)", per_image_ms(pil_draft, large))
+        )
     except ImportError:
         rows.append(("decode JPEG (Pillow)", float("nan")))
     rows += [
         (f"crop+flip only -> {size}, from full-size photo", per_image_ms(bare, photos)),
-        (f"full train augment -> {size} uint8, from 500 px photo", per_image_ms(train_uint8, photos)),
-        (f"full train augment -> {size} float32, from 500 px photo", per_image_ms(train_float, photos)),
-        (f"full train augment -> {size} uint8, from CIFAR 32 px", per_image_ms(train_uint8, [cifar[i][0] for i in range(200)])),
+        (
+            f"full train augment -> {size} uint8, from 500 px photo",
+            per_image_ms(train_uint8, photos),
+        ),
+        (
+            f"full train augment -> {size} float32, from 500 px photo",
+            per_image_ms(train_float, photos),
+        ),
+        (
+            f"full train augment -> {size} uint8, from CIFAR 32 px",
+            per_image_ms(train_uint8, [cifar[i][0] for i in range(200)]),
+        ),
     ]
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer batches (a smoke run)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     batches = 4 if args.quick else 16
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {cores} CPU core(s) usable, "
-          f"torch {torch.__version__}, OpenCV {cv2.__version__}")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, {cores} CPU core(s) usable, "
+        f"torch {torch.__version__}, OpenCV {cv2.__version__}"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp) / "500", 240)
@@ -153,16 +183,34 @@ def main() -> None:
         print(f"JPEG set: {len(paths)} files, about 500x375, mean {size_kb:.0f} KB\n")
         cases = {}
         for size in (224, 448):
-            files = ImageFileDataset(paths, np.zeros(len(paths), dtype=np.int64), ["x"], min_decode_size=size)
-            cases[f"JPEG ~500px -> {size} train"] = TransformedDataset(files, build_transforms(train=True, image_size=size, output="uint8"))
-        cases["CIFAR 32px (memory) -> 224 train"] = TransformedDataset(cifar, build_transforms(train=True, image_size=224, output="uint8"))
-        cases["CIFAR -> 224, float32 out"] = TransformedDataset(cifar, build_transforms(train=True, image_size=224, output="float"))
-        files = ImageFileDataset(paths, np.zeros(len(paths), dtype=np.int64), ["x"], min_decode_size=224)
-        cases["JPEG -> 224, float32 out"] = TransformedDataset(files, build_transforms(train=True, image_size=224, output="float"))
+            files = ImageFileDataset(
+                paths, np.zeros(len(paths), dtype=np.int64), ["x"], min_decode_size=size
+            )
+            cases[f"JPEG ~500px -> {size} train"] = TransformedDataset(
+                files, build_transforms(train=True, image_size=size, output="uint8")
+            )
+        cases["CIFAR 32px (memory) -> 224 train"] = TransformedDataset(
+            cifar, build_transforms(train=True, image_size=224, output="uint8")
+        )
+        cases["CIFAR -> 224, float32 out"] = TransformedDataset(
+            cifar, build_transforms(train=True, image_size=224, output="float")
+        )
+        files = ImageFileDataset(
+            paths, np.zeros(len(paths), dtype=np.int64), ["x"], min_decode_size=224
+        )
+        cases["JPEG -> 224, float32 out"] = TransformedDataset(
+            files, build_transforms(train=True, image_size=224, output="float")
+        )
 
         print(f"load average before: {os.getloadavg()[0]:.2f} (other programs on this machine)")
-        print(f"{'case':34s} {'workers':>7s} {'img/s':>7s} {'img/s/worker':>13s} {'img per worker CPU-s':>21s}")
-        for name in ("CIFAR 32px (memory) -> 224 train", "JPEG ~500px -> 224 train", "JPEG ~500px -> 448 train"):
+        print(
+            f"{'case':34s} {'workers':>7s} {'img/s':>7s} {'img/s/worker':>13s} {'img per worker CPU-s':>21s}"
+        )
+        for name in (
+            "CIFAR 32px (memory) -> 224 train",
+            "JPEG ~500px -> 224 train",
+            "JPEG ~500px -> 448 train",
+        ):
             for workers in (1, 2):
                 wall, per_cpu = loader_rate(cases[name], workers, args.batch_size, batches)
                 print(f"{name:34s} {workers:7d} {wall:7.0f} {wall / workers:13.0f} {per_cpu:21.0f}")

@@ -2,6 +2,7 @@
 
 Used by the data tests; everything is written under a pytest ``tmp_path``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +27,9 @@ def md5_of(path: Path) -> str:
 def write_jpeg(path: Path, height: int, width: int, seed: int = 0, quality: int = 90) -> np.ndarray:
     """A smooth random RGB image saved as JPEG; returns the RGB pixels written."""
     rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, size=(max(2, height // 16), max(2, width // 16), 3)).astype(np.uint8)
+    coarse = rng.integers(0, 256, size=(max(2, height // 16), max(2, width // 16), 3)).astype(
+        np.uint8
+    )
     image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -34,6 +37,7 @@ def write_jpeg(path: Path, height: int, width: int, seed: int = 0, quality: int 
 
 
 # -- CIFAR -------------------------------------------------------------------------------------
+
 
 def cifar_batch(num: int, seed: int, label_key: str, num_classes: int) -> dict:
     rng = np.random.default_rng(seed)
@@ -66,7 +70,10 @@ def write_cifar_archive(tmp: Path, spec, per_file: int = 40) -> tuple[Path, dict
 
 # -- Flowers-102 -------------------------------------------------------------------------------
 
-def write_flowers(folder: Path, per_split: tuple[int, int, int] = (6, 4, 5), seed: int = 0) -> dict[str, np.ndarray]:
+
+def write_flowers(
+    folder: Path, per_split: tuple[int, int, int] = (6, 4, 5), seed: int = 0
+) -> dict[str, np.ndarray]:
     """``jpg/``, ``imagelabels.mat`` and ``setid.mat`` in the official layout; returns the
     1-based image ids per split and the 1-based labels under ``"labels"``."""
     rng = np.random.default_rng(seed)
@@ -77,9 +84,14 @@ def write_flowers(folder: Path, per_split: tuple[int, int, int] = (6, 4, 5), see
         write_jpeg(folder / "jpg" / f"image_{image_id:05d}.jpg", 40, 50, seed=image_id)
     split_ids = np.split(ids, np.cumsum(per_split)[:2])
     scipy.io.savemat(folder / "imagelabels.mat", {"labels": labels.reshape(1, -1)})
-    scipy.io.savemat(folder / "setid.mat", {
-        "trnid": split_ids[0].reshape(1, -1), "valid": split_ids[1].reshape(1, -1), "tstid": split_ids[2].reshape(1, -1),
-    })
+    scipy.io.savemat(
+        folder / "setid.mat",
+        {
+            "trnid": split_ids[0].reshape(1, -1),
+            "valid": split_ids[1].reshape(1, -1),
+            "tstid": split_ids[2].reshape(1, -1),
+        },
+    )
     return {"train": split_ids[0], "val": split_ids[1], "test": split_ids[2], "labels": labels}
 
 
@@ -97,7 +109,9 @@ def _struct(rows: list[tuple], names: list[str]) -> np.ndarray:
     return array
 
 
-def write_cars_devkit(folder: Path, num_train: int = 6, num_test: int = 4, nested: bool = False) -> dict[str, list[int]]:
+def write_cars_devkit(
+    folder: Path, num_train: int = 6, num_test: int = 4, nested: bool = False
+) -> dict[str, list[int]]:
     """The devkit layout; returns the 1-based classes per split."""
     classes = {}
     for split, count in (("train", num_train), ("test", num_test)):
@@ -109,7 +123,11 @@ def write_cars_devkit(folder: Path, num_train: int = 6, num_test: int = 4, neste
             write_jpeg(image_dir / name, 30, 45, seed=i + (100 if split == "test" else 0))
             rows.append((1, 1, 40, 25, label, name))
         annos = {"annotations": _struct(rows, _ANNO_FIELDS)}
-        target = folder / "devkit" / "cars_train_annos.mat" if split == "train" else folder / "cars_test_annos_withlabels.mat"
+        target = (
+            folder / "devkit" / "cars_train_annos.mat"
+            if split == "train"
+            else folder / "cars_test_annos_withlabels.mat"
+        )
         target.parent.mkdir(parents=True, exist_ok=True)
         scipy.io.savemat(target, annos)
         classes[split] = labels
@@ -131,11 +149,14 @@ def write_cars_all_in_one(folder: Path, num: int = 8) -> list[tuple[int, int]]:
     fields = ["relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test"]
     names = np.empty((1, len(CAR_NAMES)), dtype=object)
     names[0, :] = CAR_NAMES
-    scipy.io.savemat(folder / "cars_annos.mat", {"annotations": _struct(rows, fields), "class_names": names})
+    scipy.io.savemat(
+        folder / "cars_annos.mat", {"annotations": _struct(rows, fields), "class_names": names}
+    )
     return truth
 
 
 # -- a loopback HTTP server --------------------------------------------------------------------
+
 
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
     """Serves files from ``server.files`` (name → bytes), honouring ``Range`` when allowed."""
@@ -169,15 +190,24 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve_files(files: dict[str, bytes], honour_range: bool = True) -> Iterator[http.server.HTTPServer]:
+def serve_files(
+    files: dict[str, bytes], honour_range: bool = True
+) -> Iterator[http.server.HTTPServer]:
     """A loopback HTTP server in a thread; ``server.url(name)`` gives a file's URL.
 
     Set ``server.cut_after = [n]`` to make the next response stop after ``n`` body bytes.
     """
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
-    server.files, server.honour_range, server.requests, server.cut_after = files, honour_range, [], []
+    server.files, server.honour_range, server.requests, server.cut_after = (
+        files,
+        honour_range,
+        [],
+        [],
+    )
     server.url = lambda name: f"http://127.0.0.1:{server.server_address[1]}/{name}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield server

@@ -1,4 +1,5 @@
 """The DataModule: metadata before the model, loaders, device-side conversion and mixing."""
+
 from __future__ import annotations
 
 import logging
@@ -20,11 +21,17 @@ def test_task_classes_and_count_are_known_before_setup(tmp_path):
 
 
 def test_loaders_yield_uint8_batches_and_the_device_hook_makes_floats():
-    dm = ImageDataModule("quickstart", image_size=48, batch_size=8, num_workers=0, dataset_options={"num_images": 20})
+    dm = ImageDataModule(
+        "quickstart", image_size=48, batch_size=8, num_workers=0, dataset_options={"num_images": 20}
+    )
     dm.prepare_data()
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))
-    assert images.shape == (8, 3, 48, 48) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+    assert (
+        images.shape == (8, 3, 48, 48)
+        and images.dtype == torch.uint8
+        and labels.dtype == torch.int64
+    )
     floats, same = dm.on_after_batch_transfer((images, labels), 0)
     assert floats.dtype == torch.float32 and torch.allclose(floats * 255, images.float())
     assert torch.equal(same, labels)  # no trainer: not training, so never mixed
@@ -43,7 +50,7 @@ def test_unknown_dataset_and_unsupported_options_fail_early():
 def test_mixing_is_refused_for_multi_label():
     dm = ImageDataModule("quickstart_multilabel", mixup_alpha=0.2, num_workers=0)
     with pytest.raises(ValueError, match="only for single-label"):
-        dm.mixer
+        _ = dm.mixer
 
 
 class _Recorder(pl.LightningModule):
@@ -73,8 +80,15 @@ class _Recorder(pl.LightningModule):
 def _fit(dm: ImageDataModule) -> _Recorder:
     model = _Recorder(dm.num_classes)
     trainer = pl.Trainer(
-        max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     trainer.fit(model, datamodule=dm)
     return model
@@ -82,7 +96,12 @@ def _fit(dm: ImageDataModule) -> _Recorder:
 
 def test_fit_mixes_training_batches_only():
     dm = ImageDataModule(
-        "quickstart", image_size=32, batch_size=8, num_workers=0, cutmix_alpha=1.0, mixup_alpha=0.5,
+        "quickstart",
+        image_size=32,
+        batch_size=8,
+        num_workers=0,
+        cutmix_alpha=1.0,
+        mixup_alpha=0.5,
         dataset_options={"num_images": 24},
     )
     model = _fit(dm)
@@ -97,10 +116,18 @@ def test_unreadable_images_in_workers_are_reported_once_at_teardown(tmp_path, ca
             write_jpeg(tmp_path / "val" / name / f"{i}.jpg", 24, 24, seed=10 + i)
     broken = tmp_path / "train" / "dog" / "2.jpg"
     broken.write_bytes(broken.read_bytes()[:120])  # passes the header check, fails to decode
-    dm = ImageDataModule("folder", root=str(tmp_path), image_size=24, batch_size=4, num_workers=2,
-                         persistent_workers=False)
+    dm = ImageDataModule(
+        "folder",
+        root=str(tmp_path),
+        image_size=24,
+        batch_size=4,
+        num_workers=2,
+        persistent_workers=False,
+    )
     with caplog.at_level(logging.WARNING, logger="tresnet_ft.data"):
         _fit(dm)
     reports = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(reports) == 1
-    assert "Skipped 1 unreadable image(s)" in reports[0] and "dog/2.jpg (truncated JPEG" in reports[0]
+    assert (
+        "Skipped 1 unreadable image(s)" in reports[0] and "dog/2.jpg (truncated JPEG" in reports[0]
+    )

@@ -1,11 +1,12 @@
 """Each dataset family read from small copies of its official layout."""
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import tarfile
 import logging
+import tarfile
 
 import numpy as np
 import pytest
@@ -20,8 +21,14 @@ from tests.data_builders import (
     write_flowers,
     write_jpeg,
 )
-from tresnet_ft.data import DatasetNotFoundError, QuickstartDataset, describe_dataset, load_dataset
-from tresnet_ft.data import cifar, flowers
+from tresnet_ft.data import (
+    DatasetNotFoundError,
+    QuickstartDataset,
+    cifar,
+    describe_dataset,
+    flowers,
+    load_dataset,
+)
 from tresnet_ft.data.archives import extract_archive
 from tresnet_ft.data.download import RemoteFile
 from tresnet_ft.data.registry import DATASETS
@@ -49,7 +56,9 @@ def test_cifar10_pixels_labels_and_classes_match_the_pickles(cifar10_root):
     assert label == first["labels"][3]
     last_image, last_label = train[199]
     assert last_label == batches["data_batch_5"]["labels"][39]
-    assert np.array_equal(last_image[..., 1], batches["data_batch_5"]["data"][39].reshape(3, 32, 32)[1])
+    assert np.array_equal(
+        last_image[..., 1], batches["data_batch_5"]["data"][39].reshape(3, 32, 32)[1]
+    )
 
 
 def test_cifar_val_is_the_official_test_set_unless_a_holdout_is_asked(cifar10_root):
@@ -85,7 +94,8 @@ def test_cifar_download_verify_extract_over_loopback_http(tmp_path):
     archive, batches = write_cifar_archive(tmp_path, cifar.CIFAR10, per_file=10)
     with serve_files({archive.name: archive.read_bytes()}) as server:
         spec = dataclasses.replace(
-            cifar.CIFAR10, archive=RemoteFile(server.url(archive.name), archive.name, md5_of(archive), ".")
+            cifar.CIFAR10,
+            archive=RemoteFile(server.url(archive.name), archive.name, md5_of(archive), "."),
         )
         root = tmp_path / "root"
         cifar.prepare_cifar(spec, root, download=True, progress=False)
@@ -95,7 +105,11 @@ def test_cifar_download_verify_extract_over_loopback_http(tmp_path):
     test = cifar.load_cifar(spec, root, "test")
     assert np.array_equal(test.targets, batches["test_batch"]["labels"])
     # The real published checksums are what verify_cifar compares against: ours differ.
-    assert cifar.verify_cifar(spec, root) == [*spec.train_files, *spec.test_files, spec.meta_file[0]]
+    assert cifar.verify_cifar(spec, root) == [
+        *spec.train_files,
+        *spec.test_files,
+        spec.meta_file[0],
+    ]
 
 
 def test_cifar_describe_needs_no_files(tmp_path):
@@ -141,7 +155,12 @@ def test_flowers_download_path_with_local_archive(tmp_path, monkeypatch):
     }
     with serve_files(files) as server:
         sources = tuple(
-            RemoteFile(server.url(s.filename), s.filename, hashlib.md5(files[s.filename]).hexdigest(), s.extract_to)
+            RemoteFile(
+                server.url(s.filename),
+                s.filename,
+                hashlib.md5(files[s.filename]).hexdigest(),
+                s.extract_to,
+            )
             for s in flowers.SOURCES
         )
         monkeypatch.setattr(flowers, "SOURCES", sources)
@@ -157,7 +176,9 @@ def test_cars_devkit_layout(tmp_path, nested):
     truth = write_cars_devkit(tmp_path / "stanford_cars", nested=nested)
     train = load_dataset("stanford_cars", tmp_path, "train")
     test = load_dataset("stanford_cars", tmp_path, "test")
-    assert train.classes == CAR_NAMES and describe_dataset("stanford_cars", tmp_path).num_classes == 3
+    assert (
+        train.classes == CAR_NAMES and describe_dataset("stanford_cars", tmp_path).num_classes == 3
+    )
     assert np.array_equal(train.targets, np.array(truth["train"]) - 1)
     assert np.array_equal(test.targets, np.array(truth["test"]) - 1)
     assert train[0][0].shape == (30, 45, 3)
@@ -180,7 +201,13 @@ def test_cars_missing_says_where_to_put_which_files(tmp_path):
         load_dataset("stanford_cars", tmp_path, "train")
     message = str(caught.value)
     assert str(tmp_path / "stanford_cars") in message
-    for name in ("devkit/cars_meta.mat", "devkit/cars_train_annos.mat", "cars_test", "cars_test_annos_withlabels.mat", "car_ims"):
+    for name in (
+        "devkit/cars_meta.mat",
+        "devkit/cars_train_annos.mat",
+        "cars_test",
+        "cars_test_annos_withlabels.mat",
+        "car_ims",
+    ):
         assert name in message
 
 
@@ -275,10 +302,16 @@ def test_csv_multi_label_with_semicolons_and_split_column(tmp_path):
     assert info.task == "multi_label" and info.num_classes == 3
 
 
-@pytest.mark.parametrize(("cells", "expected"), [
-    (["a b", "b", "c"], [["a", "b"], ["b"], ["c"]]),  # whitespace when no ; or |
-    (["golden retriever|cat", "cat", "golden retriever"], [["cat", "golden retriever"], ["cat"], ["golden retriever"]]),
-])
+@pytest.mark.parametrize(
+    ("cells", "expected"),
+    [
+        (["a b", "b", "c"], [["a", "b"], ["b"], ["c"]]),  # whitespace when no ; or |
+        (
+            ["golden retriever|cat", "cat", "golden retriever"],
+            [["cat", "golden retriever"], ["cat"], ["golden retriever"]],
+        ),
+    ],
+)
 def test_csv_tag_separators(tmp_path, cells, expected):
     _images(tmp_path, 3)
     rows = "\n".join(f"img/{i}.jpg,{cell}" for i, cell in enumerate(cells))
@@ -308,7 +341,9 @@ def test_csv_missing_images_are_listed_before_training(tmp_path):
 
 def test_csv_tag_only_in_validation_and_bad_columns(tmp_path):
     _images(tmp_path, 3)
-    (tmp_path / "t.csv").write_text("image,labels,split\nimg/0.jpg,a,train\nimg/1.jpg,b,train\nimg/2.jpg,zebra,val\n")
+    (tmp_path / "t.csv").write_text(
+        "image,labels,split\nimg/0.jpg,a,train\nimg/1.jpg,b,train\nimg/2.jpg,zebra,val\n"
+    )
     with pytest.raises(ValueError, match=r"\['zebra'\].*no training row"):
         load_dataset("csv", tmp_path / "t.csv", "val")
     (tmp_path / "t.csv").write_text("path,labels\nimg/0.jpg,a\n")
@@ -343,7 +378,13 @@ def test_quickstart_is_deterministic_and_balanced():
 
 def test_quickstart_multilabel_shapes_are_drawn_where_targets_say():
     dataset = load_dataset("quickstart_multilabel", split="train", num_images=30, image_size=96)
-    assert dataset.task == "multi_label" and dataset.classes == ["circle", "square", "triangle", "cross", "diamond"]
+    assert dataset.task == "multi_label" and dataset.classes == [
+        "circle",
+        "square",
+        "triangle",
+        "cross",
+        "diamond",
+    ]
     counts = dataset.targets.sum(axis=1)
     assert counts.min() >= 1 and counts.max() <= 3 and (counts > 1).any()
     plain = QuickstartDataset("train", 30, 96, multi_label=True)
@@ -351,7 +392,17 @@ def test_quickstart_multilabel_shapes_are_drawn_where_targets_say():
 
 
 def test_every_registered_dataset_describes_and_unknown_names_fail(tmp_path):
-    assert set(DATASETS) >= {"cifar10", "cifar100", "flowers102", "stanford_cars", "folder", "csv", "jsonl", "quickstart", "quickstart_multilabel"}
+    assert set(DATASETS) >= {
+        "cifar10",
+        "cifar100",
+        "flowers102",
+        "stanford_cars",
+        "folder",
+        "csv",
+        "jsonl",
+        "quickstart",
+        "quickstart_multilabel",
+    }
     with pytest.raises(ValueError, match="Expected dataset to be one of"):
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="expected root to be its folder or file"):

@@ -1,4 +1,5 @@
 """Downloads (stream, resume, checksum), safe extraction, and the offline error."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,9 @@ def test_default_root_follows_the_environment(monkeypatch, tmp_path):
 def test_download_from_a_file_url_verifies_the_checksum(tmp_path):
     source = tmp_path / "published.bin"
     source.write_bytes(PAYLOAD)
-    dest = download_file(source.as_uri(), tmp_path / "out" / "copy.bin", PAYLOAD_MD5, progress=False)
+    dest = download_file(
+        source.as_uri(), tmp_path / "out" / "copy.bin", PAYLOAD_MD5, progress=False
+    )
     assert dest.read_bytes() == PAYLOAD
     assert not (tmp_path / "out" / "copy.bin.part").exists()
 
@@ -43,7 +46,9 @@ def test_checksum_mismatch_removes_the_file_and_says_so(tmp_path):
     source = tmp_path / "published.bin"
     source.write_bytes(PAYLOAD)
     dest = tmp_path / "copy.bin"
-    with pytest.raises(ValueError, match=f"expected MD5 {'0' * 32}, but got {PAYLOAD_MD5}.*removed"):
+    with pytest.raises(
+        ValueError, match=f"expected MD5 {'0' * 32}, but got {PAYLOAD_MD5}.*removed"
+    ):
         download_file(source.as_uri(), dest, "0" * 32, progress=False)
     assert not dest.exists() and not (tmp_path / "copy.bin.part").exists()
 
@@ -90,10 +95,21 @@ def test_offline_error_names_dataset_folder_and_files(tmp_path):
     # Port 9 on loopback: nothing listens, so the connection is refused like an offline machine.
     sources = [RemoteFile("http://127.0.0.1:9/data.tgz", "data.tgz", "ab" * 16, extract_to=".")]
     with pytest.raises(DatasetNotFoundError) as caught:
-        ensure_dataset_files("toyset", tmp_path / "toy", ["images", "labels.mat"], sources, download=True, progress=False)
+        ensure_dataset_files(
+            "toyset",
+            tmp_path / "toy",
+            ["images", "labels.mat"],
+            sources,
+            download=True,
+            progress=False,
+        )
     message = str(caught.value)
     assert "'toyset'" in message and str(tmp_path / "toy") in message
-    assert "images, labels.mat" in message and "data.tgz" in message and "http://127.0.0.1:9/data.tgz" in message
+    assert (
+        "images, labels.mat" in message
+        and "data.tgz" in message
+        and "http://127.0.0.1:9/data.tgz" in message
+    )
     assert "Downloading failed" in message
 
 
@@ -105,6 +121,7 @@ def test_download_off_gives_the_same_guidance_without_trying(tmp_path):
 
 
 # -- extraction --------------------------------------------------------------------------------
+
 
 def _tar(path: Path, members: list[tarfile.TarInfo], payload: bytes = b"x") -> Path:
     with tarfile.open(path, "w:gz") as tar:
@@ -124,9 +141,14 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile
 
 
 def test_a_good_tar_is_extracted_with_folders_and_internal_links(tmp_path):
-    archive = _tar(tmp_path / "ok.tar.gz", [
-        _member("top/a.txt"), _member("top/sub/b.txt"), _member("top/link", tarfile.SYMTYPE, "a.txt"),
-    ])
+    archive = _tar(
+        tmp_path / "ok.tar.gz",
+        [
+            _member("top/a.txt"),
+            _member("top/sub/b.txt"),
+            _member("top/link", tarfile.SYMTYPE, "a.txt"),
+        ],
+    )
     extract_archive(archive, tmp_path / "dest", progress=False)
     assert (tmp_path / "dest/top/a.txt").read_bytes() == b"x"
     assert (tmp_path / "dest/top/sub/b.txt").read_bytes() == b"x"

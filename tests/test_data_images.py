@@ -1,4 +1,5 @@
 """Robust decoding: odd formats become RGB uint8; unreadable files are excluded or skipped."""
+
 from __future__ import annotations
 
 import io
@@ -94,11 +95,14 @@ def test_reduced_jpeg_decoding_keeps_the_minimum_side(tmp_path):
     assert read_image(path, min_size=70).shape == (75, 100, 3)
 
 
-@pytest.mark.parametrize(("payload", "reason"), [
-    (b"", "zero-byte"),
-    (b"<!DOCTYPE html><html>404</html>", "not an image"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "decoder failed"),
-])
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "zero-byte"),
+        (b"<!DOCTYPE html><html>404</html>", "not an image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "decoder failed"),
+    ],
+)
 def test_unreadable_bytes_raise_with_a_reason(payload, reason):
     with pytest.raises(UnreadableImageError, match=reason):
         decode_image(payload, source="x.jpg")

@@ -1,4 +1,5 @@
 """Batch mixup/cutmix: pixels and soft targets agree on the mixing weight."""
+
 from __future__ import annotations
 
 import pytest

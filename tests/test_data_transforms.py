@@ -1,4 +1,5 @@
 """Train and eval transforms, normalisation, and the RandAugment-style policy."""
+
 from __future__ import annotations
 
 import albumentations as A
@@ -71,13 +72,17 @@ def test_every_randaugment_op_keeps_shape_and_dtype_and_changes_pixels():
         out = A.Compose([op], seed=1)(image=image)["image"]
         assert out.shape == image.shape and out.dtype == np.uint8
         changed += not np.array_equal(out, image)
-    assert changed >= len(randaugment_ops(20)) - 2  # all but the identity (and maybe one no-op draw)
+    assert (
+        changed >= len(randaugment_ops(20)) - 2
+    )  # all but the identity (and maybe one no-op draw)
 
 
 def test_randaugment_magnitude_zero_is_nearly_identity():
     image = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))[..., None].repeat(3, 2)
     # AutoContrast/Equalize have no strength; the geometric and colour ops at M=0 do nothing.
-    geometric = [op for op in randaugment_ops(0) if isinstance(op, (A.Affine, A.RandomBrightnessContrast))]
+    geometric = [
+        op for op in randaugment_ops(0) if isinstance(op, (A.Affine, A.RandomBrightnessContrast))
+    ]
     for op in geometric:
         assert np.array_equal(A.Compose([op], seed=0)(image=image)["image"], image)
 
@@ -85,12 +90,21 @@ def test_randaugment_magnitude_zero_is_nearly_identity():
 def test_cutout_blanks_a_square_of_the_configured_size():
     flat = np.full((64, 64, 3), 77, np.uint8)
     transform = build_transforms(
-        train=True, image_size=64, train_crop="squish", hflip=0.0, randaugment_ops=0, cutout=1.0, cutout_size=0.25,
+        train=True,
+        image_size=64,
+        train_crop="squish",
+        hflip=0.0,
+        randaugment_ops=0,
+        cutout=1.0,
+        cutout_size=0.25,
     )
     out = transform(flat)
     changed = (out != 77 / 255).any(dim=0)
     rows, cols = changed.nonzero(as_tuple=True)
-    assert changed.sum() == 16 * 16 or (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) == 256
+    assert (
+        changed.sum() == 16 * 16
+        or (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) == 256
+    )
 
 
 def test_bad_settings_raise_value_errors():

@@ -3,6 +3,7 @@
 Everything here is plain Python/NumPy/albumentations/torch except ``ImageDataModule``, which is
 imported lazily so that ``from tresnet_ft.data import load_dataset`` does not import Lightning.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -28,8 +29,22 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "DATASETS", "NORMALIZATIONS", "BatchMixer", "DatasetInfo", "DatasetNotFoundError",
-    "ImageDataModule", "ImageFileDataset", "InMemoryImageDataset", "QuickstartDataset",
-    "TransformConfig", "UnreadableImageError", "build_transforms", "decode_image",
-    "default_data_root", "describe_dataset", "images_to_float", "load_dataset", "read_image",
+    "DATASETS",
+    "NORMALIZATIONS",
+    "BatchMixer",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "ImageDataModule",
+    "ImageFileDataset",
+    "InMemoryImageDataset",
+    "QuickstartDataset",
+    "TransformConfig",
+    "UnreadableImageError",
+    "build_transforms",
+    "decode_image",
+    "default_data_root",
+    "describe_dataset",
+    "images_to_float",
+    "load_dataset",
+    "read_image",
 ]

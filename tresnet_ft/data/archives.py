@@ -6,6 +6,7 @@ member. Tar extraction then also runs with Python's ``filter="data"``, a second 
 Extraction goes to a temporary folder inside the destination and is moved into place at the
 end, so an interrupted extraction leaves no half-written dataset behind.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,9 @@ from tqdm.auto import tqdm
 log = logging.getLogger(__name__)
 
 
-def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, progress: bool = True) -> None:
+def extract_archive(
+    archive: str | os.PathLike, dest: str | os.PathLike, progress: bool = True
+) -> None:
     """Extract a ``.tar[.gz|.bz2|.xz]`` or ``.zip`` archive into ``dest``, refusing unsafe members.
 
     Raises:
@@ -85,7 +88,9 @@ def _extract_tar(archive: Path, staging: Path, progress: bool) -> None:
                 raise ValueError(
                     f"Refusing to extract {archive}: member {member.name!r} is a device or fifo."
                 )
-        for member in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
+        for member in tqdm(
+            members, desc=f"extract {archive.name}", unit="file", disable=not progress
+        ):
             tar.extract(member, staging, filter="data")
 
 
@@ -95,7 +100,9 @@ def _extract_zip(archive: Path, staging: Path, progress: bool) -> None:
         for info in infos:
             check_member_name(info.filename, archive)
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise ValueError(f"Refusing to extract {archive}: member {info.filename!r} is a link.")
+                raise ValueError(
+                    f"Refusing to extract {archive}: member {info.filename!r} is a link."
+                )
         for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", disable=not progress):
             handle.extract(info, staging)
 

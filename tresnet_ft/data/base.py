@@ -4,6 +4,7 @@ Items are ``(image, target)``: ``image`` an RGB ``uint8`` array ``[H, W, 3]`` be
 transform; ``target`` an ``int`` class index (single-label) or a multi-hot ``float32`` vector
 ``[K]`` (multi-label). ``.classes`` lists class names in label order, ``.task`` names the task.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,7 +47,9 @@ def check_targets(targets: np.ndarray, num_classes: int, task: Task) -> np.ndarr
     """Validate targets: ints in ``[0, K)`` ``[N]`` or multi-hot ``[N, K]``; returns them typed."""
     if task == "single_label":
         targets = np.asarray(targets, dtype=np.int64)
-        if targets.ndim != 1 or (targets.size and (targets.min() < 0 or targets.max() >= num_classes)):
+        if targets.ndim != 1 or (
+            targets.size and (targets.min() < 0 or targets.max() >= num_classes)
+        ):
             raise ValueError(
                 f"Expected single-label targets [N] in [0, {num_classes}), but got shape "
                 f"{targets.shape} with range [{targets.min(initial=0)}, {targets.max(initial=0)}]."
@@ -92,13 +95,21 @@ class InMemoryImageDataset(LabelledDataset):
     """Images held in one ``uint8`` array ``[N, H, W, 3]`` (CIFAR, generated data)."""
 
     def __init__(
-        self, images: np.ndarray, targets: np.ndarray, classes: Sequence[str], task: Task = "single_label"
+        self,
+        images: np.ndarray,
+        targets: np.ndarray,
+        classes: Sequence[str],
+        task: Task = "single_label",
     ) -> None:
         super().__init__(targets, classes, task)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-            raise ValueError(f"Expected uint8 images [N, H, W, 3], but got {images.dtype} {images.shape}.")
+            raise ValueError(
+                f"Expected uint8 images [N, H, W, 3], but got {images.dtype} {images.shape}."
+            )
         if len(images) != len(self.targets):
-            raise ValueError(f"Expected one target per image, but got {len(images)} images and {len(self.targets)} targets.")
+            raise ValueError(
+                f"Expected one target per image, but got {len(images)} images and {len(self.targets)} targets."
+            )
         self.images = images
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, Target]:
@@ -106,7 +117,9 @@ class InMemoryImageDataset(LabelledDataset):
 
     def select(self, indices: np.ndarray) -> InMemoryImageDataset:
         """A new dataset holding only ``indices`` (the class list is kept)."""
-        return InMemoryImageDataset(self.images[indices], self.targets[indices], self.classes, self.task)
+        return InMemoryImageDataset(
+            self.images[indices], self.targets[indices], self.classes, self.task
+        )
 
 
 class ImageFileDataset(LabelledDataset):
@@ -136,7 +149,9 @@ class ImageFileDataset(LabelledDataset):
     ) -> None:
         super().__init__(targets, classes, task)
         if len(paths) != len(self.targets):
-            raise ValueError(f"Expected one target per path, but got {len(paths)} paths and {len(self.targets)} targets.")
+            raise ValueError(
+                f"Expected one target per path, but got {len(paths)} paths and {len(self.targets)} targets."
+            )
         self.paths = [str(path) for path in paths]
         self.min_decode_size = min_decode_size
         self.skip_unreadable = skip_unreadable
@@ -152,14 +167,19 @@ class ImageFileDataset(LabelledDataset):
                     raise
                 self.unreadable.record(error.source, error.reason)
         raise UnreadableImageError(
-            self.paths[index], f"it and the next {self.max_substitutes - 1} files are all unreadable"
+            self.paths[index],
+            f"it and the next {self.max_substitutes - 1} files are all unreadable",
         )
 
     def select(self, indices: np.ndarray) -> ImageFileDataset:
         """A new dataset holding only ``indices`` (class list and options are kept)."""
         subset = ImageFileDataset(
-            [self.paths[i] for i in indices], self.targets[indices], self.classes, self.task,
-            self.min_decode_size, self.skip_unreadable,
+            [self.paths[i] for i in indices],
+            self.targets[indices],
+            self.classes,
+            self.task,
+            self.min_decode_size,
+            self.skip_unreadable,
         )
         subset.unreadable = self.unreadable
         return subset

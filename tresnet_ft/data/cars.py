@@ -17,6 +17,7 @@ The original host is gone, so nothing is downloaded. Two published layouts under
 Labels in the ``.mat`` files are 1-based. ``val`` is the official test set (what papers report)
 unless ``val_fraction`` asks for a holdout from the training images.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,7 +28,7 @@ from .base import DatasetInfo, ImageFileDataset, check_split
 from .download import DatasetNotFoundError
 from .matfiles import load_mat
 from .splits import holdout_mask
-from .unreadable import exclude_unreadable
+from .unreadable import keep_readable
 
 FOLDER = "stanford_cars"
 TEST_ANNOS = "cars_test_annos_withlabels.mat"
@@ -42,8 +43,12 @@ def describe_cars(root: Path) -> DatasetInfo:
     """Task and class names (read from the annotation files, which must be in place)."""
     folder = root / FOLDER
     layout = _find_layout(folder)
-    meta = load_mat(folder / ("cars_annos.mat" if layout == "all_in_one" else "devkit/cars_meta.mat"))
-    return DatasetInfo("single_label", tuple(str(name) for name in np.atleast_1d(meta["class_names"])))
+    meta = load_mat(
+        folder / ("cars_annos.mat" if layout == "all_in_one" else "devkit/cars_meta.mat")
+    )
+    return DatasetInfo(
+        "single_label", tuple(str(name) for name in np.atleast_1d(meta["class_names"]))
+    )
 
 
 def load_cars(root: Path, split: str, val_fraction: float = 0.0, seed: int = 0) -> ImageFileDataset:
@@ -58,8 +63,8 @@ def load_cars(root: Path, split: str, val_fraction: float = 0.0, seed: int = 0) 
         is_val = holdout_mask(keys, targets, val_fraction, seed)
         chosen = np.flatnonzero(is_val if split == "val" else ~is_val)
         paths, targets = [paths[i] for i in chosen], targets[chosen]
-    keep = exclude_unreadable(paths, f"stanford_cars/{split}")
-    return ImageFileDataset([p for p, ok in zip(paths, keep) if ok], targets[keep], classes)
+    paths, targets = keep_readable(paths, targets, f"stanford_cars/{split}")
+    return ImageFileDataset(paths, targets, classes)
 
 
 def _read_split(folder: Path, split: str) -> tuple[list[Path], np.ndarray]:

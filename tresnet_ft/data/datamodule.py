@@ -4,12 +4,14 @@ The only Lightning code in ``tresnet_ft.data``. Loaders carry ``uint8 [B, 3, S, 
 fewer bytes through worker queues and pinned memory than float32); ``on_after_batch_transfer``
 turns them into normalised float32 on the device and applies mixup/cutmix to training batches.
 """
+
 from __future__ import annotations
 
 import inspect
 import logging
 import os
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,10 @@ def single_threaded_opencv() -> None:
     can deadlock (seen here in ``pthread_cond_destroy``).
     """
     cv2.setNumThreads(1)
+
+
+def _remove_file(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
 
 
 class TransformedDataset(Dataset):
@@ -126,12 +132,29 @@ class ImageDataModule(pl.LightningDataModule):
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.options = self._dataset_options(dataset_options, val_fraction, seed)
         self.transform_config = TransformConfig(
-            image_size=image_size, train_crop=train_crop, crop_scale=tuple(crop_scale), hflip=hflip,
-            randaugment_ops=randaugment_ops, randaugment_magnitude=randaugment_magnitude,
-            cutout=cutout, cutout_size=cutout_size, eval_crop=eval_crop, mean=tuple(mean), std=tuple(std),
+            image_size=image_size,
+            train_crop=train_crop,
+            crop_scale=tuple(crop_scale),
+            hflip=hflip,
+            randaugment_ops=randaugment_ops,
+            randaugment_magnitude=randaugment_magnitude,
+            cutout=cutout,
+            cutout_size=cutout_size,
+            eval_crop=eval_crop,
+            mean=tuple(mean),
+            std=tuple(std),
         )
-        self.mix_settings = dict(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mix_prob, switch_prob=mix_switch_prob)
-        self.pin_memory, self.persistent_workers, self.download = pin_memory, persistent_workers, download
+        self.mix_settings = dict(
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            prob=mix_prob,
+            switch_prob=mix_switch_prob,
+        )
+        self.pin_memory, self.persistent_workers, self.download = (
+            pin_memory,
+            persistent_workers,
+            download,
+        )
         self.predict_split = predict_split
         self.datasets: dict[str, Dataset] = {}
         self._info: DatasetInfo | None = None
@@ -181,11 +204,20 @@ class ImageDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Load the splits ``stage`` needs and attach the transforms."""
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": (self.predict_split,)}
-        wanted = splits.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test")
+        splits = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": (self.predict_split,),
+        }
+        wanted = splits.get(stage or "fit", ("train", "val"))
         if self._unreadable_file is None:
-            handle, self._unreadable_file = tempfile.mkstemp(prefix="tresnet-ft-unreadable-", suffix=".log")
+            handle, self._unreadable_file = tempfile.mkstemp(
+                prefix="tresnet-ft-unreadable-", suffix=".log"
+            )
             os.close(handle)
+            # Lives as long as this DataModule: datasets built here keep writing to it.
+            weakref.finalize(self, _remove_file, self._unreadable_file)
         for split in wanted:
             if split not in self.datasets:
                 self.datasets[split] = TransformedDataset(self._load(split), self._transform(split))
@@ -197,8 +229,7 @@ class ImageDataModule(pl.LightningDataModule):
         summary = UnreadableLog(self._unreadable_file).summary()
         if summary:
             log.warning("%s: %s", self.dataset_name, summary)
-        Path(self._unreadable_file).unlink(missing_ok=True)
-        self._unreadable_file = None
+        Path(self._unreadable_file).write_text("")  # the next stage reports only its own skips
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -223,12 +254,16 @@ class ImageDataModule(pl.LightningDataModule):
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _dataset_options(self, options: dict[str, Any] | None, val_fraction: float | None, seed: int) -> dict[str, Any]:
+    def _dataset_options(
+        self, options: dict[str, Any] | None, val_fraction: float | None, seed: int
+    ) -> dict[str, Any]:
         options = dict(options or {})
         accepted = inspect.signature(get_entry(self.dataset_name).load).parameters
         if val_fraction is not None:
             if "val_fraction" not in accepted:
-                raise ValueError(f"Dataset {self.dataset_name!r} has fixed splits: expected val_fraction=None, but got {val_fraction}.")
+                raise ValueError(
+                    f"Dataset {self.dataset_name!r} has fixed splits: expected val_fraction=None, but got {val_fraction}."
+                )
             options.setdefault("val_fraction", val_fraction)
         if "seed" in accepted:
             options.setdefault("seed", seed)
@@ -279,5 +314,7 @@ class ImageDataModule(pl.LightningDataModule):
         if self.pin_memory is not None:
             return self.pin_memory
         trainer = self.trainer
-        on_gpu = trainer is not None and getattr(trainer.strategy.root_device, "type", "cpu") == "cuda"
+        on_gpu = (
+            trainer is not None and getattr(trainer.strategy.root_device, "type", "cpu") == "cuda"
+        )
         return on_gpu or (trainer is None and torch.cuda.is_available())

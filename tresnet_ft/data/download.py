@@ -5,6 +5,7 @@ layout are used as they are; missing ones are downloaded (and archives extracted
 allowed; otherwise a :class:`DatasetNotFoundError` names the dataset, the folder it looked in and
 the files to put there.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,7 +61,11 @@ def file_md5(path: str | os.PathLike) -> str:
 
 
 def download_file(
-    url: str, dest: str | os.PathLike, md5: str | None = None, progress: bool = True, timeout: float = 60.0
+    url: str,
+    dest: str | os.PathLike,
+    md5: str | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
 ) -> Path:
     """Stream ``url`` to ``dest``, resuming a previous partial download, and verify its MD5.
 
@@ -114,7 +119,9 @@ def _stream(url: str, part: Path, progress: bool, timeout: float) -> None:
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+    with urllib.request.urlopen(
+        urllib.request.Request(url, headers=headers), timeout=timeout
+    ) as response:
         resumed = offset > 0 and getattr(response, "status", None) == 206
         if offset and not resumed:
             log.info("%s: server does not resume downloads; starting over.", url)
@@ -122,10 +129,18 @@ def _stream(url: str, part: Path, progress: bool, timeout: float) -> None:
         length = response.headers.get("Content-Length")
         expected = offset + int(length) if length else None
         received = offset
-        with open(part, "ab" if resumed else "wb") as handle, tqdm(
-            total=expected, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=part.name[: -len(".part")], disable=not progress,
-        ) as bar:
+        with (
+            open(part, "ab" if resumed else "wb") as handle,
+            tqdm(
+                total=expected,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=part.name[: -len(".part")],
+                disable=not progress,
+            ) as bar,
+        ):
             try:
                 for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
                     handle.write(chunk)
@@ -163,9 +178,16 @@ def ensure_dataset_files(
             local = download_file(source.url, folder / source.filename, source.md5, progress)
             if source.extract_to is not None:
                 extract_archive(local, folder / source.extract_to, progress)
-    except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as error:
+    except (
+        urllib.error.URLError,
+        ConnectionError,
+        TimeoutError,
+        http.client.HTTPException,
+    ) as error:
         reason = getattr(error, "reason", None) or error
-        raise DatasetNotFoundError(_not_found_message(dataset, folder, missing, sources, reason)) from error
+        raise DatasetNotFoundError(
+            _not_found_message(dataset, folder, missing, sources, reason)
+        ) from error
     still_missing = [name for name in required if not (folder / name).exists()]
     if still_missing:
         raise ValueError(
@@ -175,13 +197,19 @@ def ensure_dataset_files(
 
 
 def _not_found_message(
-    dataset: str, folder: Path, missing: Sequence[str], sources: Sequence[RemoteFile], reason: object
+    dataset: str,
+    folder: Path,
+    missing: Sequence[str],
+    sources: Sequence[RemoteFile],
+    reason: object,
 ) -> str:
     lines = [f"Dataset {dataset!r} not found in {folder}: missing {', '.join(missing)}."]
     if reason is not None:
         lines.append(f"Downloading failed ({reason}); this machine may be offline.")
     if sources:
         lines.append("Fix: put these published files in that folder (archives unpacked in place):")
-        lines += [f"  {source.filename}  from {source.url}  (MD5 {source.md5})" for source in sources]
+        lines += [
+            f"  {source.filename}  from {source.url}  (MD5 {source.md5})" for source in sources
+        ]
         lines.append("or run again with download=True on a machine with network access.")
     return "\n".join(lines)

@@ -4,6 +4,7 @@
 official splits as 1-based image ids: ``trnid`` (1,020 images), ``valid`` (1,020), ``tstid``
 (6,149).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,12 +14,17 @@ import numpy as np
 from .base import DatasetInfo, ImageFileDataset, check_split
 from .download import RemoteFile, ensure_dataset_files
 from .matfiles import load_mat
-from .unreadable import exclude_unreadable
+from .unreadable import keep_readable
 
 FOLDER = "flowers-102"
 _URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 SOURCES = (
-    RemoteFile(_URL + "102flowers.tgz", "102flowers.tgz", "52808999861908f626f3c1f4e79d11fa", extract_to="."),
+    RemoteFile(
+        _URL + "102flowers.tgz",
+        "102flowers.tgz",
+        "52808999861908f626f3c1f4e79d11fa",
+        extract_to=".",
+    ),
     RemoteFile(_URL + "imagelabels.mat", "imagelabels.mat", "e0620be6f572b9609742df49c70aed4d"),
     RemoteFile(_URL + "setid.mat", "setid.mat", "a5357ecc9cb78c4bef273ce3793fc85c"),
 )
@@ -27,25 +33,108 @@ SPLIT_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
 
 # The dataset ships only numbers; these are the names in common use, in label order.
 FLOWERS102_CLASSES = (
-    "pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea",
-    "english marigold", "tiger lily", "moon orchid", "bird of paradise", "monkshood",
-    "globe thistle", "snapdragon", "colt's foot", "king protea", "spear thistle", "yellow iris",
-    "globe-flower", "purple coneflower", "peruvian lily", "balloon flower",
-    "giant white arum lily", "fire lily", "pincushion flower", "fritillary", "red ginger",
-    "grape hyacinth", "corn poppy", "prince of wales feathers", "stemless gentian", "artichoke",
-    "sweet william", "carnation", "garden phlox", "love in the mist", "mexican aster",
-    "alpine sea holly", "ruby-lipped cattleya", "cape flower", "great masterwort", "siam tulip",
-    "lenten rose", "barbeton daisy", "daffodil", "sword lily", "poinsettia", "bolero deep blue",
-    "wallflower", "marigold", "buttercup", "oxeye daisy", "common dandelion", "petunia",
-    "wild pansy", "primula", "sunflower", "pelargonium", "bishop of llandaff", "gaura",
-    "geranium", "orange dahlia", "pink-yellow dahlia", "cautleya spicata", "japanese anemone",
-    "black-eyed susan", "silverbush", "californian poppy", "osteospermum", "spring crocus",
-    "bearded iris", "windflower", "tree poppy", "gazania", "azalea", "water lily", "rose",
-    "thorn apple", "morning glory", "passion flower", "lotus", "toad lily", "anthurium",
-    "frangipani", "clematis", "hibiscus", "columbine", "desert-rose", "tree mallow", "magnolia",
-    "cyclamen", "watercress", "canna lily", "hippeastrum", "bee balm", "ball moss", "foxglove",
-    "bougainvillea", "camellia", "mallow", "mexican petunia", "bromelia", "blanket flower",
-    "trumpet creeper", "blackberry lily",
+    "pink primrose",
+    "hard-leaved pocket orchid",
+    "canterbury bells",
+    "sweet pea",
+    "english marigold",
+    "tiger lily",
+    "moon orchid",
+    "bird of paradise",
+    "monkshood",
+    "globe thistle",
+    "snapdragon",
+    "colt's foot",
+    "king protea",
+    "spear thistle",
+    "yellow iris",
+    "globe-flower",
+    "purple coneflower",
+    "peruvian lily",
+    "balloon flower",
+    "giant white arum lily",
+    "fire lily",
+    "pincushion flower",
+    "fritillary",
+    "red ginger",
+    "grape hyacinth",
+    "corn poppy",
+    "prince of wales feathers",
+    "stemless gentian",
+    "artichoke",
+    "sweet william",
+    "carnation",
+    "garden phlox",
+    "love in the mist",
+    "mexican aster",
+    "alpine sea holly",
+    "ruby-lipped cattleya",
+    "cape flower",
+    "great masterwort",
+    "siam tulip",
+    "lenten rose",
+    "barbeton daisy",
+    "daffodil",
+    "sword lily",
+    "poinsettia",
+    "bolero deep blue",
+    "wallflower",
+    "marigold",
+    "buttercup",
+    "oxeye daisy",
+    "common dandelion",
+    "petunia",
+    "wild pansy",
+    "primula",
+    "sunflower",
+    "pelargonium",
+    "bishop of llandaff",
+    "gaura",
+    "geranium",
+    "orange dahlia",
+    "pink-yellow dahlia",
+    "cautleya spicata",
+    "japanese anemone",
+    "black-eyed susan",
+    "silverbush",
+    "californian poppy",
+    "osteospermum",
+    "spring crocus",
+    "bearded iris",
+    "windflower",
+    "tree poppy",
+    "gazania",
+    "azalea",
+    "water lily",
+    "rose",
+    "thorn apple",
+    "morning glory",
+    "passion flower",
+    "lotus",
+    "toad lily",
+    "anthurium",
+    "frangipani",
+    "clematis",
+    "hibiscus",
+    "columbine",
+    "desert-rose",
+    "tree mallow",
+    "magnolia",
+    "cyclamen",
+    "watercress",
+    "canna lily",
+    "hippeastrum",
+    "bee balm",
+    "ball moss",
+    "foxglove",
+    "bougainvillea",
+    "camellia",
+    "mallow",
+    "mexican petunia",
+    "bromelia",
+    "blanket flower",
+    "trumpet creeper",
+    "blackberry lily",
 )
 assert len(FLOWERS102_CLASSES) == 102
 
@@ -74,6 +163,5 @@ def load_flowers(root: Path, split: str) -> ImageFileDataset:
         )
     paths = [folder / "jpg" / f"image_{image_id:05d}.jpg" for image_id in ids]
     targets = labels[ids - 1] - 1
-    keep = exclude_unreadable(paths, f"flowers102/{split}")
-    kept = [path for path, ok in zip(paths, keep) if ok]
-    return ImageFileDataset(kept, targets[keep], FLOWERS102_CLASSES)
+    paths, targets = keep_readable(paths, targets, f"flowers102/{split}")
+    return ImageFileDataset(paths, targets, FLOWERS102_CLASSES)

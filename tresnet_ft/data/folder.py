@@ -8,6 +8,7 @@ Two layouts are read (hidden files and folders are ignored; images may sit in ne
 Class names come from the training folders, sorted. A class folder with no readable image, or a
 class that appears only in ``val``/``test``, is an error that names it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,7 +20,7 @@ import numpy as np
 from .base import DatasetInfo, ImageFileDataset, check_split
 from .images import IMAGE_EXTENSIONS
 from .splits import holdout_mask
-from .unreadable import exclude_unreadable
+from .unreadable import keep_readable
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ def prepare_folder(root: Path, download: bool = False, progress: bool = True) ->
     describe_folder(root)
 
 
-def load_folder(root: Path, split: str, val_fraction: float = 0.1, seed: int = 0) -> ImageFileDataset:
+def load_folder(
+    root: Path, split: str, val_fraction: float = 0.1, seed: int = 0
+) -> ImageFileDataset:
     """Load one split of an image folder.
 
     Args:
@@ -55,7 +58,9 @@ def load_folder(root: Path, split: str, val_fraction: float = 0.1, seed: int = 0
         paths, targets = _list_images(own_dir, classes, split)
         return _dataset(paths, targets, classes, f"folder/{split}")
     if split == "test":
-        raise FileNotFoundError(f"Expected a test/ folder in {root} for split 'test', but there is none.")
+        raise FileNotFoundError(
+            f"Expected a test/ folder in {root} for split 'test', but there is none."
+        )
     paths, targets = _list_images(train_dir, classes, "train")
     if split == "train" and _split_dir(root, "val") not in (None, train_dir):
         return _dataset(paths, targets, classes, "folder/train")
@@ -80,7 +85,9 @@ def _split_dir(root: Path, split: str) -> Path | None:
 
 def _class_names(folder: Path | None) -> list[str]:
     assert folder is not None  # train always resolves (root itself at worst)
-    names = sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not _hidden(entry.name))
+    names = sorted(
+        entry.name for entry in folder.iterdir() if entry.is_dir() and not _hidden(entry.name)
+    )
     if not names:
         raise ValueError(
             f"Expected class sub-folders in {folder} (e.g. {folder}/cat/001.jpg), but found none."
@@ -118,17 +125,21 @@ def _walk_images(folder: Path) -> list[str]:
     for parent, dirs, files in os.walk(folder):
         dirs[:] = [name for name in dirs if not _hidden(name)]
         found += [
-            os.path.join(parent, name) for name in files
+            os.path.join(parent, name)
+            for name in files
             if not _hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
         ]
     return found
 
 
-def _dataset(paths: list[str], targets: np.ndarray, classes: list[str], name: str) -> ImageFileDataset:
-    keep = exclude_unreadable(paths, name)
-    paths, targets = [p for p, ok in zip(paths, keep) if ok], targets[keep]
+def _dataset(
+    paths: list[str], targets: np.ndarray, classes: list[str], name: str
+) -> ImageFileDataset:
+    paths, targets = keep_readable(paths, targets, name)
     if name.endswith("/train"):
-        empty = [classes[i] for i in np.flatnonzero(np.bincount(targets, minlength=len(classes)) == 0)]
+        empty = [
+            classes[i] for i in np.flatnonzero(np.bincount(targets, minlength=len(classes)) == 0)
+        ]
         if empty:
             raise ValueError(
                 f"{name}: classes {empty} have no readable training image. Fix: add images to "

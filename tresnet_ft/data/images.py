@@ -7,6 +7,7 @@ EXIF orientation, converts CMYK and 16-bit images, and releases the GIL.
 Files that cannot be turned into an image raise :class:`UnreadableImageError`; the datasets decide
 whether to exclude, skip or stop (see ``unreadable.py``).
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Reading MATLAB ``.mat`` annotation files (Flowers-102, Stanford Cars) through SciPy."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ Each batch is mixed with itself reversed along the batch axis, so no index gathe
 ``Beta(alpha, alpha)``; cutmix pastes a box of area ``1 - lam`` and then uses the exact pasted
 area as the label weight.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,13 +36,21 @@ class BatchMixer:
     """
 
     def __init__(
-        self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
-        prob: float = 1.0, switch_prob: float = 0.5,
+        self,
+        num_classes: int,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
     ) -> None:
         if num_classes < 1:
-            raise ValueError(f"Expected num_classes to be a positive integer, but got {num_classes}.")
+            raise ValueError(
+                f"Expected num_classes to be a positive integer, but got {num_classes}."
+            )
         if mixup_alpha < 0 or cutmix_alpha < 0:
-            raise ValueError(f"Expected non-negative alphas, but got mixup {mixup_alpha}, cutmix {cutmix_alpha}.")
+            raise ValueError(
+                f"Expected non-negative alphas, but got mixup {mixup_alpha}, cutmix {cutmix_alpha}."
+            )
         for name, value in (("prob", prob), ("switch_prob", switch_prob)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"Expected {name} in [0, 1], but got {value}.")
@@ -53,13 +62,19 @@ class BatchMixer:
     def enabled(self) -> bool:
         return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if images.ndim != 4 or not images.is_floating_point():
-            raise ValueError(f"Expected float images [B, C, H, W], but got {images.dtype} {tuple(images.shape)}.")
+            raise ValueError(
+                f"Expected float images [B, C, H, W], but got {images.dtype} {tuple(images.shape)}."
+            )
         soft = self.soft_targets(targets).to(images.dtype)
         if not self.enabled or len(images) < 2 or torch.rand(()).item() >= self.prob:
             return images, soft
-        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or torch.rand(()).item() < self.switch_prob)
+        use_cutmix = self.cutmix_alpha > 0 and (
+            self.mixup_alpha == 0 or torch.rand(()).item() < self.switch_prob
+        )
         alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
         lam = float(torch.distributions.Beta(alpha, alpha).sample())
         if use_cutmix:
@@ -74,7 +89,9 @@ class BatchMixer:
             return F.one_hot(targets.long(), self.num_classes).float()
         if targets.ndim == 2 and targets.shape[1] == self.num_classes:
             return targets.float()
-        raise ValueError(f"Expected targets [B] or [B, {self.num_classes}], but got {tuple(targets.shape)}.")
+        raise ValueError(
+            f"Expected targets [B] or [B, {self.num_classes}], but got {tuple(targets.shape)}."
+        )
 
 
 def cutmix(images: torch.Tensor, lam: float) -> tuple[torch.Tensor, float]:

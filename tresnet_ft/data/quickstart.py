@@ -5,10 +5,12 @@ file on disk. Single-label images hold one shape and the label is its kind (clas
 balanced: item ``i`` has label ``i mod K``). The multi-label variant draws one to three different
 shapes per image and the target marks which kinds are present.
 """
+
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
 from .base import SPLITS, DatasetInfo, LabelledDataset, Target, check_split
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond")
@@ -37,13 +39,22 @@ class QuickstartDataset(LabelledDataset):
     """
 
     def __init__(
-        self, split: str = "train", num_images: int | None = None, image_size: int = 64,
-        multi_label: bool = False, seed: int = 0,
+        self,
+        split: str = "train",
+        num_images: int | None = None,
+        image_size: int = 64,
+        multi_label: bool = False,
+        seed: int = 0,
     ) -> None:
         check_split(split)
         if image_size < 16:
             raise ValueError(f"Expected image_size of at least 16 pixels, but got {image_size}.")
-        self.split, self.image_size, self.multi_label, self.seed = split, image_size, multi_label, seed
+        self.split, self.image_size, self.multi_label, self.seed = (
+            split,
+            image_size,
+            multi_label,
+            seed,
+        )
         self.num_images = DEFAULT_SIZES[split] if num_images is None else int(num_images)
         if self.num_images < 1:
             raise ValueError(f"Expected num_images of at least 1, but got {num_images}.")
@@ -56,7 +67,9 @@ class QuickstartDataset(LabelledDataset):
         kinds = self._kinds(index)
         rng = self._rng(index, "pixels")
         image = _noisy_background(rng, self.image_size)
-        for kind, region in zip(kinds, _regions(rng, self.image_size, len(kinds), self.multi_label)):
+        for kind, region in zip(
+            kinds, _regions(rng, self.image_size, len(kinds), self.multi_label), strict=True
+        ):
             _draw_shape(image, SHAPES[kind], rng, region)
         return image, self.target(index)
 
@@ -89,7 +102,9 @@ def _noisy_background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(base + blotches + grain, 0, 255).astype(np.uint8)
 
 
-def _regions(rng: np.random.Generator, size: int, count: int, multi_label: bool) -> list[tuple[int, int, int]]:
+def _regions(
+    rng: np.random.Generator, size: int, count: int, multi_label: bool
+) -> list[tuple[int, int, int]]:
     """Square regions ``(x0, y0, side)``, one per shape: distinct quadrants when there may be
     several shapes, so none hides another and every target is visible."""
     if not multi_label:
@@ -99,24 +114,33 @@ def _regions(rng: np.random.Generator, size: int, count: int, multi_label: bool)
     return [(int(cell % 2) * half, int(cell // 2) * half, half) for cell in cells]
 
 
-def _draw_shape(image: np.ndarray, kind: str, rng: np.random.Generator, region: tuple[int, int, int]) -> None:
+def _draw_shape(
+    image: np.ndarray, kind: str, rng: np.random.Generator, region: tuple[int, int, int]
+) -> None:
     x0, y0, side = region
     radius = max(3, int(rng.uniform(0.25, 0.42) * side))
     cx, cy = (int(v) for v in rng.integers(radius, side - radius + 1, size=2) + (x0, y0))
     # A colour far from the local background keeps every shape visible.
     background = image[cy, cx].astype(int)
-    color = tuple(int(v) for v in np.where(background > 127, rng.integers(0, 60, 3), rng.integers(196, 256, 3)))
+    color = tuple(
+        int(v)
+        for v in np.where(background > 127, rng.integers(0, 60, 3), rng.integers(196, 256, 3))
+    )
     if kind == "circle":
         cv2.circle(image, (cx, cy), radius, color, thickness=-1, lineType=cv2.LINE_AA)
     elif kind == "square":
-        cv2.rectangle(image, (cx - radius, cy - radius), (cx + radius, cy + radius), color, thickness=-1)
+        cv2.rectangle(
+            image, (cx - radius, cy - radius), (cx + radius, cy + radius), color, thickness=-1
+        )
     elif kind == "cross":
         arm = max(2, radius // 3)
         cv2.rectangle(image, (cx - radius, cy - arm), (cx + radius, cy + arm), color, thickness=-1)
         cv2.rectangle(image, (cx - arm, cy - radius), (cx + arm, cy + radius), color, thickness=-1)
     else:
         corners = _TRIANGLE if kind == "triangle" else _DIAMOND
-        points = np.array([(cx + radius * dx, cy + radius * dy) for dx, dy in corners], dtype=np.int32)
+        points = np.array(
+            [(cx + radius * dx, cy + radius * dy) for dx, dy in corners], dtype=np.int32
+        )
         cv2.fillPoly(image, [points], color, lineType=cv2.LINE_AA)
 
 
@@ -125,8 +149,12 @@ _DIAMOND = ((0.0, -1.0), (1.0, 0.0), (0.0, 1.0), (-1.0, 0.0))
 
 
 def load_quickstart(
-    root: object, split: str, num_images: int | None = None, image_size: int = 64,
-    multi_label: bool = False, seed: int = 0,
+    root: object,
+    split: str,
+    num_images: int | None = None,
+    image_size: int = 64,
+    multi_label: bool = False,
+    seed: int = 0,
 ) -> QuickstartDataset:
     """The quickstart dataset's ``split`` (``root`` is ignored: nothing is read from disk)."""
     return QuickstartDataset(split, num_images, image_size, multi_label, seed)

@@ -11,6 +11,7 @@ Every entry has three functions with one calling convention:
 For named datasets ``root`` is the data root that holds their folders; for ``folder``, ``csv``
 and ``jsonl`` it is the user's folder or file itself.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -40,40 +41,66 @@ class DatasetEntry:
 
 DATASETS: dict[str, DatasetEntry] = {
     "cifar10": DatasetEntry(
-        partial(cifar.prepare_cifar, cifar.CIFAR10), partial(cifar.describe_cifar, cifar.CIFAR10),
-        partial(cifar.load_cifar, cifar.CIFAR10), False, "CIFAR-10, 32 px, in memory, downloaded",
+        partial(cifar.prepare_cifar, cifar.CIFAR10),
+        partial(cifar.describe_cifar, cifar.CIFAR10),
+        partial(cifar.load_cifar, cifar.CIFAR10),
+        False,
+        "CIFAR-10, 32 px, in memory, downloaded",
     ),
     "cifar100": DatasetEntry(
-        partial(cifar.prepare_cifar, cifar.CIFAR100), partial(cifar.describe_cifar, cifar.CIFAR100),
-        partial(cifar.load_cifar, cifar.CIFAR100), False, "CIFAR-100, 32 px, in memory, downloaded",
+        partial(cifar.prepare_cifar, cifar.CIFAR100),
+        partial(cifar.describe_cifar, cifar.CIFAR100),
+        partial(cifar.load_cifar, cifar.CIFAR100),
+        False,
+        "CIFAR-100, 32 px, in memory, downloaded",
     ),
     "flowers102": DatasetEntry(
-        flowers.prepare_flowers, flowers.describe_flowers, flowers.load_flowers, False,
+        flowers.prepare_flowers,
+        flowers.describe_flowers,
+        flowers.load_flowers,
+        False,
         "Oxford Flowers-102, official 1,020/1,020/6,149 splits, downloaded",
     ),
     "stanford_cars": DatasetEntry(
-        cars.prepare_cars, cars.describe_cars, cars.load_cars, False,
+        cars.prepare_cars,
+        cars.describe_cars,
+        cars.load_cars,
+        False,
         "Stanford Cars, 196 classes, from a copy you place in the devkit layout",
     ),
     "folder": DatasetEntry(
-        folder.prepare_folder, folder.describe_folder, folder.load_folder, True,
+        folder.prepare_folder,
+        folder.describe_folder,
+        folder.load_folder,
+        True,
         "your images in class sub-folders (train/val/test or a single level)",
     ),
     "csv": DatasetEntry(
-        tabular.prepare_table, tabular.describe_table, tabular.load_table, True,
+        tabular.prepare_table,
+        tabular.describe_table,
+        tabular.load_table,
+        True,
         "a CSV of image paths and tags (single- or multi-label)",
     ),
     "jsonl": DatasetEntry(
-        tabular.prepare_table, tabular.describe_table, tabular.load_table, True,
+        tabular.prepare_table,
+        tabular.describe_table,
+        tabular.load_table,
+        True,
         "a JSON-lines file of image paths and tags (single- or multi-label)",
     ),
     "quickstart": DatasetEntry(
-        quickstart.prepare_quickstart, quickstart.describe_quickstart, quickstart.load_quickstart,
-        False, "generated coloured shapes, one per image (offline)",
+        quickstart.prepare_quickstart,
+        quickstart.describe_quickstart,
+        quickstart.load_quickstart,
+        False,
+        "generated coloured shapes, one per image (offline)",
     ),
     "quickstart_multilabel": DatasetEntry(
-        quickstart.prepare_quickstart, partial(quickstart.describe_quickstart, multi_label=True),
-        partial(quickstart.load_quickstart, multi_label=True), False,
+        quickstart.prepare_quickstart,
+        partial(quickstart.describe_quickstart, multi_label=True),
+        partial(quickstart.load_quickstart, multi_label=True),
+        False,
         "generated coloured shapes, one to three per image (offline, multi-label)",
     ),
 }
@@ -109,13 +136,19 @@ def check_options(name: str, function: Callable[..., Any], options: dict[str, An
 def describe_dataset(name: str, root: str | Path | None = None, **options: Any) -> DatasetInfo:
     """Task and class names of a dataset without loading images (``options`` as for loading)."""
     entry = get_entry(name)
-    relevant = {k: v for k, v in options.items() if k in inspect.signature(entry.describe).parameters}
+    relevant = {
+        k: v for k, v in options.items() if k in inspect.signature(entry.describe).parameters
+    }
     return entry.describe(resolve_root(name, root), **relevant)
 
 
 def load_dataset(
-    name: str, root: str | Path | None = None, split: str = "train", download: bool = True,
-    progress: bool = True, **options: Any,
+    name: str,
+    root: str | Path | None = None,
+    split: str = "train",
+    download: bool = True,
+    progress: bool = True,
+    **options: Any,
 ) -> Dataset:
     """Load one split of a dataset by name.
 

@@ -4,6 +4,7 @@ Each item is ranked by a keyed hash of a stable key (its relative path, or its i
 datasets). Hashing instead of shuffling means adding files to a folder moves only the new files,
 and the same files land in validation on every machine and Python version.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,9 @@ def holdout_mask(
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"Expected a holdout fraction in (0, 1), but got {fraction}.")
     if len(keys) != len(targets):
-        raise ValueError(f"Expected one key per target, but got {len(keys)} keys and {len(targets)} targets.")
+        raise ValueError(
+            f"Expected one key per target, but got {len(keys)} keys and {len(targets)} targets."
+        )
     ranks = np.array([hash_unit(key, seed) for key in keys], dtype=np.float64)
     if np.ndim(targets) == 2:
         return ranks < fraction

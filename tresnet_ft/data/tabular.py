@@ -7,6 +7,7 @@ Columns (CSV header or JSONL keys): ``image`` (a path relative to the file, or a
 Without a ``split`` column, ``val`` is a deterministic holdout. Missing image files are an error
 before training that lists them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,9 +20,15 @@ import numpy as np
 
 from .base import DatasetInfo, ImageFileDataset, Task, check_split
 from .splits import holdout_mask
-from .unreadable import describe_paths, exclude_unreadable
+from .unreadable import describe_paths, keep_readable
 
-SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 TABLE_SUFFIXES = (".csv", ".jsonl")
 
 
@@ -41,7 +48,9 @@ def resolve_table(root: Path) -> Path:
     if root.is_file():
         return root
     if not root.is_dir():
-        raise FileNotFoundError(f"Expected a .csv or .jsonl file (or a folder with one) at {root}, but it does not exist.")
+        raise FileNotFoundError(
+            f"Expected a .csv or .jsonl file (or a folder with one) at {root}, but it does not exist."
+        )
     found = sorted(path for path in root.iterdir() if path.suffix.lower() in TABLE_SUFFIXES)
     if len(found) != 1:
         raise ValueError(
@@ -64,7 +73,9 @@ def read_table(root: Path) -> TagTable:
         raise ValueError(f"Expected at least one row in {path}, but it is empty.")
     for column in ("image", "labels"):
         if column not in rows[0]:
-            raise ValueError(f"Expected an {column!r} column in {path}, but got columns {sorted(rows[0])}.")
+            raise ValueError(
+                f"Expected an {column!r} column in {path}, but got columns {sorted(rows[0])}."
+            )
     images = [str((path.parent / str(row["image"]).strip()).resolve()) for row in rows]
     missing = [image for image in images if not Path(image).is_file()]
     if missing:
@@ -88,7 +99,11 @@ def prepare_table(root: Path, download: bool = False, progress: bool = True) -> 
 
 
 def load_table(
-    root: Path, split: str, val_fraction: float = 0.1, seed: int = 0, multi_label: bool | None = None
+    root: Path,
+    split: str,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    multi_label: bool | None = None,
 ) -> ImageFileDataset:
     """Load one split of a CSV/JSONL tag table.
 
@@ -106,8 +121,8 @@ def load_table(
     _check_known_tags(table, rows, classes, split)
     targets = _targets(table, rows, classes, task)
     paths = [table.images[i] for i in rows]
-    keep = exclude_unreadable(paths, f"{table.source.name}/{split}")
-    return ImageFileDataset([p for p, ok in zip(paths, keep) if ok], targets[keep], classes, task)
+    paths, targets = keep_readable(paths, targets, f"{table.source.name}/{split}")
+    return ImageFileDataset(paths, targets, classes, task)
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -122,7 +137,9 @@ def _read_jsonl(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise ValueError(f"Expected one JSON object per line in {path}, but line {number} is not: {error}.") from error
+                raise ValueError(
+                    f"Expected one JSON object per line in {path}, but line {number} is not: {error}."
+                ) from error
     return rows
 
 
@@ -165,10 +182,14 @@ def _split_rows(table: TagTable, split: str, fraction: float, seed: int) -> np.n
     if table.splits is not None:
         rows = np.flatnonzero(np.array(table.splits) == split)
         if not len(rows):
-            raise ValueError(f"Expected rows with split={split!r} in {table.source}, but there are none.")
+            raise ValueError(
+                f"Expected rows with split={split!r} in {table.source}, but there are none."
+            )
         return rows
     if split == "test":
-        raise ValueError(f"Expected a 'split' column in {table.source} to load split 'test', but there is none.")
+        raise ValueError(
+            f"Expected a 'split' column in {table.source} to load split 'test', but there is none."
+        )
     keys = [os.path.relpath(image, table.source.parent) for image in table.images]
     is_val = holdout_mask(keys, _strata(table), fraction, seed)
     return np.flatnonzero(is_val if split == "val" else ~is_val)
@@ -202,7 +223,9 @@ def _targets(table: TagTable, rows: np.ndarray, classes: list[str], task: Task) 
     if task == "single_label":
         bad = [table.images[i] for i in rows if len(table.tags[i]) != 1]
         if bad:
-            raise ValueError(f"Expected exactly one tag per row for single-label data, but these rows differ: {describe_paths(bad)}.")
+            raise ValueError(
+                f"Expected exactly one tag per row for single-label data, but these rows differ: {describe_paths(bad)}."
+            )
         return np.array([index[table.tags[i][0]] for i in rows], dtype=np.int64)
     targets = np.zeros((len(rows), len(classes)), dtype=np.float32)
     for row, i in enumerate(rows):

@@ -10,6 +10,7 @@ std``) or ``uint8`` (``output="uint8"``: 4x fewer bytes through the loader; conv
 with :func:`images_to_float`). TResNet takes RGB in ``[0, 1]`` with no mean/std, so the default
 normalisation is the identity; other backbones pass theirs (see :data:`NORMALIZATIONS`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -56,12 +57,18 @@ class TransformConfig:
 
     def __post_init__(self) -> None:
         if self.image_size < 8:
-            raise ValueError(f"Expected image_size of at least 8 pixels, but got {self.image_size}.")
+            raise ValueError(
+                f"Expected image_size of at least 8 pixels, but got {self.image_size}."
+            )
         if not 0 <= self.randaugment_magnitude <= MAX_MAGNITUDE:
-            raise ValueError(f"Expected randaugment_magnitude in [0, {MAX_MAGNITUDE}], but got {self.randaugment_magnitude}.")
+            raise ValueError(
+                f"Expected randaugment_magnitude in [0, {MAX_MAGNITUDE}], but got {self.randaugment_magnitude}."
+            )
         for name in ("hflip", "cutout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"Expected {name} to be a probability in [0, 1], but got {getattr(self, name)}.")
+                raise ValueError(
+                    f"Expected {name} to be a probability in [0, 1], but got {getattr(self, name)}."
+                )
         if min(self.std) <= 0:
             raise ValueError(f"Expected a positive std per channel, but got {self.std}.")
 
@@ -82,7 +89,9 @@ def randaugment_ops(magnitude: float) -> list[A.BasicTransform]:
         A.Equalize(p=1.0),
         A.Affine(rotate=(-30 * m, 30 * m), **affine),
         A.Solarize(threshold_range=(1 - m, 1.0), p=1.0),
-        A.ColorJitter(brightness=0, contrast=0, saturation=(1 - 0.9 * m, 1 + 0.9 * m), hue=0, p=1.0),
+        A.ColorJitter(
+            brightness=0, contrast=0, saturation=(1 - 0.9 * m, 1 + 0.9 * m), hue=0, p=1.0
+        ),
         A.Posterize(num_bits=(posterize_bits, 8), p=1.0),
         A.RandomBrightnessContrast(brightness_limit=0, contrast_limit=0.9 * m, p=1.0),
         A.RandomBrightnessContrast(brightness_limit=0.9 * m, contrast_limit=0, p=1.0),
@@ -113,10 +122,15 @@ def train_stages(config: TransformConfig) -> tuple[list, list, list]:
     finish = []
     if config.cutout > 0:
         hole = max(1, round(config.cutout_size * size))
-        finish.append(A.CoarseDropout(
-            num_holes_range=(1, 1), hole_height_range=(hole, hole), hole_width_range=(hole, hole),
-            fill="random_uniform", p=config.cutout,
-        ))
+        finish.append(
+            A.CoarseDropout(
+                num_holes_range=(1, 1),
+                hole_height_range=(hole, hole),
+                hole_width_range=(hole, hole),
+                fill="random_uniform",
+                p=config.cutout,
+            )
+        )
     return resize, policy, finish
 
 
@@ -127,8 +141,13 @@ def eval_ops(config: TransformConfig) -> list[A.BasicTransform]:
         return [A.Resize(size, size, area_for_downscale="image")]
     if config.eval_crop == "center_crop":
         short_side = round(size / config.eval_crop_fraction)
-        return [A.SmallestMaxSize(max_size=short_side, area_for_downscale="image"), A.CenterCrop(size, size)]
-    raise ValueError(f"Expected eval_crop to be 'squish' or 'center_crop', but got {config.eval_crop!r}.")
+        return [
+            A.SmallestMaxSize(max_size=short_side, area_for_downscale="image"),
+            A.CenterCrop(size, size),
+        ]
+    raise ValueError(
+        f"Expected eval_crop to be 'squish' or 'center_crop', but got {config.eval_crop!r}."
+    )
 
 
 def _train_resize(config: TransformConfig) -> list[A.BasicTransform]:
@@ -138,8 +157,14 @@ def _train_resize(config: TransformConfig) -> list[A.BasicTransform]:
     size = config.image_size
     area = "image" if config.train_antialias else None
     if config.train_crop == "random_resized_crop":
-        return [A.RandomResizedCrop((size, size), scale=config.crop_scale, ratio=config.crop_ratio,
-                                    area_for_downscale=area)]
+        return [
+            A.RandomResizedCrop(
+                (size, size),
+                scale=config.crop_scale,
+                ratio=config.crop_ratio,
+                area_for_downscale=area,
+            )
+        ]
     if config.train_crop == "squish_random_crop":
         padded = round(size * (1 + config.squish_margin))
         return [A.Resize(padded, padded, area_for_downscale=area), A.RandomCrop(size, size)]
@@ -161,8 +186,12 @@ class ImageTransform:
     """
 
     def __init__(
-        self, resize: Sequence[A.BasicTransform], policy: Sequence[A.BasicTransform],
-        finish: Sequence[A.BasicTransform], config: TransformConfig, output: Output,
+        self,
+        resize: Sequence[A.BasicTransform],
+        policy: Sequence[A.BasicTransform],
+        finish: Sequence[A.BasicTransform],
+        config: TransformConfig,
+        output: Output,
     ) -> None:
         if output not in ("float", "uint8"):
             raise ValueError(f"Expected output to be 'float' or 'uint8', but got {output!r}.")
@@ -191,7 +220,10 @@ class ImageTransform:
 
 
 def build_transforms(
-    config: TransformConfig | None = None, train: bool = True, output: Output = "float", **overrides: Any
+    config: TransformConfig | None = None,
+    train: bool = True,
+    output: Output = "float",
+    **overrides: Any,
 ) -> ImageTransform:
     """Build the train or eval transform.
 
@@ -217,7 +249,9 @@ def build_transforms(
 
 
 def images_to_float(
-    images: torch.Tensor, mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0)
+    images: torch.Tensor,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> torch.Tensor:
     """``uint8`` images ``[..., 3, H, W]`` → ``float32`` ``(x / 255 - mean) / std``, same shape.
 

@@ -9,6 +9,7 @@ Two moments catch bad files:
   one line per bad file to it (short appends are atomic on POSIX), and the main process reads it
   back for one summary (:meth:`UnreadableLog.summary`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,9 +51,20 @@ def exclude_unreadable(paths: Sequence[str | os.PathLike], dataset: str) -> np.n
         why = [reasons[i] for i in np.flatnonzero(~keep)]
         log.warning(
             "%s: excluded %d unreadable image file(s) of %d: %s",
-            dataset, len(bad), len(paths), describe_paths(bad, why),
+            dataset,
+            len(bad),
+            len(paths),
+            describe_paths(bad, why),
         )
     return keep
+
+
+def keep_readable(
+    paths: Sequence[str | os.PathLike], targets: np.ndarray, dataset: str
+) -> tuple[list[str], np.ndarray]:
+    """Drop the files :func:`exclude_unreadable` rejects, with their targets ``[N]``/``[N, K]``."""
+    keep = exclude_unreadable(paths, dataset)
+    return [str(path) for path, ok in zip(paths, keep, strict=True) if ok], targets[keep]
 
 
 class UnreadableLog:
@@ -79,7 +91,9 @@ class UnreadableLog:
         elif first:
             log.warning(
                 "Skipped unreadable image %s (%s); a substitute sample was used. Further skips "
-                "are counted in the dataset's `unreadable` log.", path, reason,
+                "are counted in the dataset's `unreadable` log.",
+                path,
+                reason,
             )
 
     def entries(self) -> list[tuple[str, str]]:
