@@ -1,0 +1,50 @@
+"""Datasets, transforms, batch mixing and the LightningDataModule.
+
+Everything here is plain Python/NumPy/albumentations/torch except ``ImageDataModule``, which is
+imported lazily so that ``from tresnet_ft.data import load_dataset`` does not import Lightning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .base import DatasetInfo, ImageFileDataset, InMemoryImageDataset
+from .download import DatasetNotFoundError, default_data_root
+from .images import UnreadableImageError, decode_image, read_image
+from .mixing import BatchMixer
+from .quickstart import QuickstartDataset
+from .registry import DATASETS, describe_dataset, load_dataset
+from .transforms import NORMALIZATIONS, TransformConfig, build_transforms, images_to_float
+
+if TYPE_CHECKING:
+    from .datamodule import ImageDataModule
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ImageDataModule":
+        from .datamodule import ImageDataModule
+
+        return ImageDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "DATASETS",
+    "NORMALIZATIONS",
+    "BatchMixer",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "ImageDataModule",
+    "ImageFileDataset",
+    "InMemoryImageDataset",
+    "QuickstartDataset",
+    "TransformConfig",
+    "UnreadableImageError",
+    "build_transforms",
+    "decode_image",
+    "default_data_root",
+    "describe_dataset",
+    "images_to_float",
+    "load_dataset",
+    "read_image",
+]

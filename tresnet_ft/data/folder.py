@@ -1,0 +1,148 @@
+"""Your own images in class sub-folders.
+
+Two layouts are read (hidden files and folders are ignored; images may sit in nested folders)::
+
+    root/train/<class>/*.jpg   root/val/<class>/...   [root/test/<class>/...]
+    root/<class>/*.jpg         (val is then a deterministic stratified holdout)
+
+Class names come from the training folders, sorted. A class folder with no readable image, or a
+class that appears only in ``val``/``test``, is an error that names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .base import DatasetInfo, ImageFileDataset, check_split
+from .images import IMAGE_EXTENSIONS
+from .splits import holdout_mask
+from .unreadable import keep_readable
+
+log = logging.getLogger(__name__)
+
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+
+
+def describe_folder(root: Path) -> DatasetInfo:
+    """Task and class names (the training class folders)."""
+    return DatasetInfo("single_label", tuple(_class_names(_split_dir(Path(root), "train"))))
+
+
+def prepare_folder(root: Path, download: bool = False, progress: bool = True) -> None:
+    """Check the folder exists and has class folders (nothing to download)."""
+    describe_folder(root)
+
+
+def load_folder(
+    root: Path, split: str, val_fraction: float = 0.1, seed: int = 0
+) -> ImageFileDataset:
+    """Load one split of an image folder.
+
+    Args:
+        root: the folder holding ``train/`` (and ``val/``, ``test/``) or the class folders.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        val_fraction: share of each class held out as ``val`` when there is no ``val/`` folder.
+        seed: changes which images the holdout picks.
+    """
+    check_split(split)
+    root = Path(root)
+    train_dir = _split_dir(root, "train")
+    classes = _class_names(train_dir)
+    own_dir = _split_dir(root, split) if split != "train" else train_dir
+    if own_dir is not None and own_dir != train_dir:
+        _check_no_unknown_classes(own_dir, classes, train_dir)
+        paths, targets = _list_images(own_dir, classes, split)
+        return _dataset(paths, targets, classes, f"folder/{split}")
+    if split == "test":
+        raise FileNotFoundError(
+            f"Expected a test/ folder in {root} for split 'test', but there is none."
+        )
+    paths, targets = _list_images(train_dir, classes, "train")
+    if split == "train" and _split_dir(root, "val") not in (None, train_dir):
+        return _dataset(paths, targets, classes, "folder/train")
+    keys = [os.path.relpath(path, train_dir) for path in paths]
+    is_val = holdout_mask(keys, targets, val_fraction, seed)
+    chosen = np.flatnonzero(is_val if split == "val" else ~is_val)
+    return _dataset([paths[i] for i in chosen], targets[chosen], classes, f"folder/{split}")
+
+
+def _split_dir(root: Path, split: str) -> Path | None:
+    """The folder holding ``split``'s class folders: ``root/<split>``, or ``root`` for train."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"Expected an image folder at {root}, but it does not exist.")
+    has_split_folders = (root / "train").is_dir()
+    if not has_split_folders:
+        return root if split == "train" else None
+    for name in SPLIT_FOLDERS[split]:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def _class_names(folder: Path | None) -> list[str]:
+    assert folder is not None  # train always resolves (root itself at worst)
+    names = sorted(
+        entry.name for entry in folder.iterdir() if entry.is_dir() and not _hidden(entry.name)
+    )
+    if not names:
+        raise ValueError(
+            f"Expected class sub-folders in {folder} (e.g. {folder}/cat/001.jpg), but found none."
+        )
+    return names
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith((".", "__"))
+
+
+def _check_no_unknown_classes(folder: Path, classes: list[str], train_dir: Path) -> None:
+    unknown = sorted(set(_class_names(folder)) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"Classes {unknown} have images in {folder} but no folder in {train_dir}: a model "
+            f"cannot learn them. Fix: add training images under {train_dir}/<class>/ or remove them."
+        )
+
+
+def _list_images(folder: Path, classes: list[str], split: str) -> tuple[list[str], np.ndarray]:
+    paths, targets = [], []
+    for label, name in enumerate(classes):
+        class_dir = folder / name
+        found = sorted(_walk_images(class_dir)) if class_dir.is_dir() else []
+        paths += found
+        targets += [label] * len(found)
+    if not paths:
+        raise ValueError(f"Expected images in the class folders of {folder}, but found none.")
+    return paths, np.asarray(targets, dtype=np.int64)
+
+
+def _walk_images(folder: Path) -> list[str]:
+    found = []
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = [name for name in dirs if not _hidden(name)]
+        found += [
+            os.path.join(parent, name)
+            for name in files
+            if not _hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+        ]
+    return found
+
+
+def _dataset(
+    paths: list[str], targets: np.ndarray, classes: list[str], name: str
+) -> ImageFileDataset:
+    paths, targets = keep_readable(paths, targets, name)
+    if name.endswith("/train"):
+        empty = [
+            classes[i] for i in np.flatnonzero(np.bincount(targets, minlength=len(classes)) == 0)
+        ]
+        if empty:
+            raise ValueError(
+                f"{name}: classes {empty} have no readable training image. Fix: add images to "
+                "those class folders or remove the folders."
+            )
+    return ImageFileDataset(paths, targets, classes)
