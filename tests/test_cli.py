@@ -1,8 +1,12 @@
-"""The tresnet-ft command: smoke run and model listing."""
+"""The tresnet-ft command: recipes, tools, and one-line errors for user mistakes."""
 import subprocess
 import sys
 
-from tresnet_ft.cli import main
+import pytest
+
+from tresnet_ft.cli import main, training_args
+from tresnet_ft.lightning_cli import run_cli
+from tresnet_ft.recipe import available_recipes, load_recipe
 
 
 def test_smoke_run_trains_and_fuses(caplog):
@@ -11,14 +15,60 @@ def test_smoke_run_trains_and_fuses(caplog):
     assert "step 2/2" in caplog.text and "fused vs unfused" in caplog.text
 
 
-def test_models_lists_every_published_tag():
-    out = subprocess.run([sys.executable, "-m", "tresnet_ft.cli", "models"], capture_output=True, text=True,
-                         check=True, env={"COLUMNS": "200", "PATH": ""}).stdout
-    assert "tresnet_v2_l.miil_in21k" in out and "11221" in out
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "tresnet_ft.cli", *args], capture_output=True, text=True,
+                          env={"COLUMNS": "200", "PATH": "", "HF_HUB_OFFLINE": "1"})
+
+
+def test_models_and_recipes_tables():
+    models = _run("models")
+    assert models.returncode == 0 and "tresnet_v2_l.miil_in21k" in models.stdout and "11221" in models.stdout
+    recipes = _run("recipes")
+    assert recipes.returncode == 0
+    for name in available_recipes():
+        assert name in recipes.stdout
 
 
 def test_bad_size_is_one_clear_line_not_a_traceback():
-    proc = subprocess.run([sys.executable, "-m", "tresnet_ft.cli", "smoke", "--size", "100"],
-                          capture_output=True, text=True)
+    proc = _run("smoke", "--size", "100")
     assert proc.returncode == 2
     assert "multiples of 32" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_recipe_lists_the_valid_ones():
+    proc = _run("fit", "--recipe", "imagenet")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "Unknown recipe 'imagenet'" in proc.stderr and "quickstart" in proc.stderr
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    proc = _run("fit", "--recipe", "quickstart", "--model.learning_rate", "0.1")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "learning_rate" in proc.stderr
+
+
+def test_missing_data_folder_is_one_line(tmp_path):
+    proc = _run("fit", "--recipe", "folder", "--data.root", str(tmp_path / "nowhere"), "--model.pretrained", "null")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "nowhere" in proc.stderr
+
+
+def test_recipes_merge_their_base():
+    recipe = load_recipe("quickstart")
+    assert recipe.config["model"]["pretrained"] is None  # its own value
+    assert recipe.config["model"]["optimizer"] == "adamw"  # from _base
+    assert "base" not in recipe.config and recipe.description
+
+
+@pytest.mark.parametrize("name", available_recipes())
+def test_every_recipe_parses_and_builds(tmp_path, name, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args, _ = training_args(["fit", "--recipe", name, "--logger", "csv", "--model.pretrained", "null",
+                             "--data.dataset", "quickstart_multilabel" if name == "multilabel" else "quickstart",
+                             "--data.root", "null",
+                             "--data.dataset_options", '{"num_images": 8}', "--trainer.max_epochs", "1"])
+    cli = run_cli(args, name, run=False)
+    recipe = load_recipe(name).config
+    assert cli.model.hparams.arch == recipe["model"]["arch"]
+    assert cli.model.hparams.num_classes == 5  # linked from the data
+    assert cli.datamodule.transform_config.image_size == recipe["data"]["image_size"]

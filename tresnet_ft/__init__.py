@@ -1,8 +1,27 @@
-"""tresnet-ft: fine-tune pretrained TResNet image classifiers."""
+"""tresnet-ft: fine-tune pretrained TResNet image classifiers.
+
+``create_model`` and the rest of the model API import without Lightning; ``ImageDataModule``,
+``TResNetClassifier`` and ``fit`` load it on first use.
+"""
+from typing import Any
+
 from .models import (ARCHS, PRETRAINED, TResNet, UnsafeCheckpointError, WeightsUnavailableError,
                      convert_sync_norm, create_model, fuse_for_inference, list_pretrained)
 
 __version__ = "0.1.0"
 
-__all__ = ["ARCHS", "PRETRAINED", "TResNet", "UnsafeCheckpointError", "WeightsUnavailableError",
-           "convert_sync_norm", "create_model", "fuse_for_inference", "list_pretrained"]
+_LAZY = {"ImageDataModule": ".data", "TResNetClassifier": ".module", "fit": ".api",
+         "load_classifier": ".checkpoint"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'tresnet_ft' has no attribute {name!r}")
+
+
+__all__ = ["ARCHS", "PRETRAINED", "ImageDataModule", "TResNet", "TResNetClassifier", "UnsafeCheckpointError",
+           "WeightsUnavailableError", "convert_sync_norm", "create_model", "fit", "fuse_for_inference",
+           "list_pretrained", "load_classifier"]

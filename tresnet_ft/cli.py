@@ -1,79 +1,94 @@
 """The ``tresnet-ft`` command.
 
-    tresnet-ft models            the published pretrained weights
-    tresnet-ft smoke [--arch A]  offline check: build, train a few steps, fuse, compare
+    tresnet-ft fit|validate|test --recipe NAME_OR_PATH [--config more.yaml] [--model.lr ...]
+    tresnet-ft recipes                       the shipped recipes and their reference results
+    tresnet-ft predict CKPT PATH [PATH ...]  classify or tag files, folders or a CSV
+    tresnet-ft export CKPT --format onnx     ONNX or TorchScript, verified against PyTorch
+    tresnet-ft models                        the published pretrained weights
+    tresnet-ft smoke                         offline check that training works on this machine
+
+Training commands are Lightning's CLI: the recipe is the base config, later flags override it,
+``--print_config`` shows the merged result. User mistakes end with one line and exit code 2.
 """
 from __future__ import annotations
 
-import argparse
 import logging
+import os
 import sys
-import time
+import tempfile
+from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
-from .models import ARCHS, PRETRAINED, WeightsUnavailableError, create_model, fuse_for_inference
+from .models import WeightsUnavailableError
 
 log = logging.getLogger("tresnet_ft")
 
+TRAINING_COMMANDS = ("fit", "validate", "test")
+TOOL_COMMANDS = ("recipes", "predict", "export", "models", "smoke")
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, WeightsUnavailableError)
 
-def _cmd_models(_: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title="Published TResNet weights (load with create_model(name, pretrained=True))")
-    for column in ("name", "hub id", "input", "classes", "ImageNet top-1"):
-        table.add_column(column)
-    for name, cfg in PRETRAINED.items():
-        top1 = f"{cfg.top1:.1f}" if cfg.top1 else "-"
-        table.add_row(name, cfg.hub_id, str(cfg.input_size), str(cfg.num_classes), top1)
-    Console().print(table)
+def _pop_option(args: list[str], name: str) -> tuple[list[str], Optional[str]]:
+    """Remove ``--name VALUE`` / ``--name=VALUE`` from ``args``; return the rest and the value."""
+    rest, value, i = [], None, 0
+    while i < len(args):
+        arg = args[i]
+        if arg == name and i + 1 < len(args):
+            value, i = args[i + 1], i + 2
+            continue
+        if arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, value
+
+
+def training_args(argv: Sequence[str]) -> tuple[list[str], str]:
+    """Turn ``fit --recipe R [flags]`` into LightningCLI arguments with the merged recipe first.
+
+    Also maps ``--logger csv,tensorboard,wandb`` onto ``--trainer.logger`` entries. Returns the
+    arguments and the run name (the recipe's).
+    """
+    from .recipe import load_recipe, write_merged
+
+    command, rest = argv[0], list(argv[1:])
+    rest, recipe_name = _pop_option(rest, "--recipe")
+    rest, logger_names = _pop_option(rest, "--logger")
+    recipe = load_recipe(recipe_name or "quickstart")
+    config_dir = Path(tempfile.mkdtemp(prefix="tresnet-ft-recipe-"))
+    args = [command, "--config", str(write_merged(recipe, config_dir))]
+    args += _logger_args(logger_names or "csv,tensorboard", recipe.name)
+    return args + rest, recipe.name
+
+
+def _logger_args(names: str, run_name: str) -> list[str]:
+    from .loggers import logger_config
+
+    return ["--trainer.logger", logger_config([n.strip() for n in names.split(",") if n.strip()], run_name)]
+
+
+def _run_training(argv: Sequence[str]) -> int:
+    from .lightning_cli import run_cli
+
+    args, run_name = training_args(argv)
+    run_cli(args, run_name)
     return 0
 
 
-def _cmd_smoke(args: argparse.Namespace) -> int:
-    """A few optimisation steps on random images, then fused-vs-unfused agreement."""
-    torch.manual_seed(0)
-    model = create_model(args.arch, num_classes=4).train()
-    images = torch.rand(args.batch, 3, args.size, args.size)
-    labels = torch.arange(args.batch) % 4
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    start = time.perf_counter()
-    for step in range(args.steps):
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        log.info("step %d/%d  loss %.4f", step + 1, args.steps, loss.item())
-    elapsed = time.perf_counter() - start
-    model.eval()
-    with torch.inference_mode():
-        gap = (fuse_for_inference(model)(images) - model(images)).abs().max().item()
-    log.info("%s: %d train steps in %.1f s (%.1f img/s); fused vs unfused max |diff| = %.2e",
-             args.arch, args.steps, elapsed, args.steps * args.batch / elapsed, gap)
-    return 0 if gap < 1e-3 else 1
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tresnet-ft", description="Fine-tune pretrained TResNet classifiers.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("models", help="list the published pretrained weights").set_defaults(run=_cmd_models)
-    smoke = sub.add_parser("smoke", help="offline check that the model trains and fuses on this machine")
-    smoke.add_argument("--arch", choices=sorted(ARCHS), default="tresnet_m", help="variant (default: tresnet_m)")
-    smoke.add_argument("--steps", type=int, default=3, help="optimisation steps (default: 3)")
-    smoke.add_argument("--batch", type=int, default=4, help="images per step (default: 4)")
-    smoke.add_argument("--size", type=int, default=128, help="image side, a multiple of 32 (default: 128)")
-    smoke.set_defaults(run=_cmd_smoke)
-    return parser
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``tresnet-ft`` console script."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return args.run(args)
-    except (ValueError, FileNotFoundError, WeightsUnavailableError) as err:  # user mistakes: one line
+        if argv and argv[0] in TRAINING_COMMANDS:
+            return _run_training(argv)
+        from .tools_cli import run_tool
+
+        return run_tool(argv)
+    except USER_ERRORS as err:
+        if os.environ.get("TRESNET_FT_DEBUG"):
+            raise
         log.error("error: %s", err)
         return 2
 

@@ -1,0 +1,108 @@
+"""The LightningModule in real (tiny) training runs: checkpoints, EMA, freezing, resume, tasks."""
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+
+from tresnet_ft import ImageDataModule, TResNetClassifier
+from tresnet_ft.checkpoint import load_classifier
+
+
+def tiny_data(multi_label=False, num_images=16):
+    return ImageDataModule(dataset="quickstart_multilabel" if multi_label else "quickstart", image_size=32,
+                           batch_size=8, num_workers=0, dataset_options={"num_images": num_images},
+                           randaugment_ops=0, cutout=0.0)
+
+
+def tiny_trainer(tmp_path, **kwargs):
+    defaults = dict(default_root_dir=tmp_path, accelerator="cpu", devices=1, max_epochs=1,
+                    logger=CSVLogger(tmp_path, name="logs"), enable_progress_bar=False,
+                    enable_model_summary=False, deterministic=True)
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+class Recorder(Callback):
+    """Learning rate after every optimizer step, and the stem conv weight after every epoch."""
+
+    def __init__(self):
+        self.lrs, self.stem = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.lrs.append([g["lr"] for g in trainer.optimizers[0].param_groups])
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.stem.append(pl_module.model.body.conv1.conv.weight.detach().clone())
+
+
+def _fit(tmp_path, data=None, callbacks=(), trainer_kwargs=None, **model_kwargs):
+    pl.seed_everything(0)
+    data = data or tiny_data()
+    model = TResNetClassifier.from_datamodule(data, arch="tresnet_m", pretrained=None, **model_kwargs)
+    trainer = tiny_trainer(tmp_path, callbacks=list(callbacks), **(trainer_kwargs or {}))
+    trainer.fit(model, data)
+    return trainer, model, data
+
+
+def test_fit_writes_a_self_contained_checkpoint(tmp_path):
+    trainer, model, data = _fit(tmp_path)
+    best = trainer.checkpoint_callback.best_model_path
+    assert best.endswith("best.ckpt") and (tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt").exists()
+    loaded = load_classifier(best)
+    assert loaded.info.classes == ["circle", "square", "triangle", "cross", "diamond"]
+    assert loaded.info.task == "single_label" and loaded.info.image_size == 32
+    assert "val/top1" in trainer.callback_metrics and "train/loss_epoch" in trainer.callback_metrics
+
+
+def test_ema_weights_are_what_is_validated_and_saved(tmp_path):
+    trainer, model, data = _fit(tmp_path, ema_decay=0.5, lr=5e-3)
+    logged_loss = float(trainer.callback_metrics["val/loss"])
+    checkpoint = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
+    ema, current = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert not torch.equal(ema["model.head.fc.weight"], current["model.head.fc.weight"])
+    fresh = TResNetClassifier.from_datamodule(data, arch="tresnet_m", pretrained=None)
+    fresh.load_state_dict(ema)
+    result = tiny_trainer(tmp_path / "check", logger=False).validate(fresh, data)[0]
+    assert result["val/loss"] == pytest.approx(logged_loss, abs=1e-5)
+
+
+def test_freezing_keeps_the_backbone_then_trains_it_without_changing_the_schedule(tmp_path):
+    frozen, plain = Recorder(), Recorder()
+    _, model, _ = _fit(tmp_path / "frozen", callbacks=[frozen], trainer_kwargs={"max_epochs": 2}, freeze_epochs=1)
+    _fit(tmp_path / "plain", callbacks=[plain], trainer_kwargs={"max_epochs": 2})
+    pl.seed_everything(0)  # the same initial weights as the frozen run
+    initial = TResNetClassifier.from_datamodule(tiny_data(), arch="tresnet_m", pretrained=None)
+    torch.testing.assert_close(frozen.stem[0], initial.model.body.conv1.conv.weight)
+    assert not torch.equal(frozen.stem[1], frozen.stem[0])
+    assert frozen.lrs == plain.lrs and len(frozen.lrs) == 4
+    assert model.backbone_frozen is False
+
+
+def test_resume_from_last_continues_the_schedule(tmp_path):
+    straight = Recorder()
+    full, _, _ = _fit(tmp_path / "straight", callbacks=[straight], trainer_kwargs={"max_epochs": 2})
+    first, _, data = _fit(tmp_path / "resumed", trainer_kwargs={"max_epochs": 1})
+    last = first.checkpoint_callback.last_model_path
+    resumed_rec = Recorder()
+    model = TResNetClassifier.from_datamodule(data, arch="tresnet_m", pretrained=None)
+    resumed = tiny_trainer(tmp_path / "resumed", max_epochs=2, callbacks=[resumed_rec])
+    resumed.fit(model, data, ckpt_path=last)
+    assert resumed.global_step == full.global_step == 4 and resumed.current_epoch == full.current_epoch
+    assert resumed_rec.lrs == straight.lrs[2:]
+
+
+def test_multilabel_tunes_thresholds_and_stores_them(tmp_path):
+    trainer, model, _ = _fit(tmp_path, data=tiny_data(multi_label=True), head="ml_decoder",
+                             head_args={"embed_dim": 32, "num_heads": 4, "ffn_dim": 64})
+    assert model.loss_name == "asl" and "val/mAP" in trainer.callback_metrics
+    assert "val/f1_tuned" in trainer.callback_metrics
+    info = load_classifier(trainer.checkpoint_callback.best_model_path).info
+    assert info.task == "multi_label" and info.head == "ml_decoder"
+    assert info.thresholds is not None and len(info.thresholds["per_class"]) == 5
+
+
+def test_mismatched_task_is_a_clear_error(tmp_path):
+    data = tiny_data(multi_label=True)
+    model = TResNetClassifier(arch="tresnet_m", num_classes=5, task="single_label")
+    with pytest.raises(ValueError, match="from_datamodule"):
+        tiny_trainer(tmp_path).fit(model, data)

@@ -1,0 +1,60 @@
+"""Parameter groups and learning-rate schedules for fine-tuning."""
+import math
+
+import pytest
+import torch
+
+from tresnet_ft import create_model
+from tresnet_ft.optim import build_optimizer, build_scheduler, param_groups, warmup_cosine
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model("tresnet_m", 4)
+
+
+def test_head_and_backbone_rates_and_no_decay_on_norms_and_biases(model):
+    groups = {g["name"]: g for g in param_groups(model, lr=1e-3, weight_decay=0.05, backbone_lr_mult=0.1)}
+    assert set(groups) == {"head", "head.no_decay", "backbone", "backbone.no_decay"}
+    assert groups["head"]["lr"] == 1e-3 and groups["backbone"]["lr"] == pytest.approx(1e-4)
+    assert groups["backbone.no_decay"]["weight_decay"] == 0 and groups["backbone"]["weight_decay"] == 0.05
+    no_decay = {id(p) for p in groups["backbone.no_decay"]["params"]}
+    assert id(model.body.conv1.bn.weight) in no_decay and id(model.body.layer1[0].se.fc1.bias) in no_decay
+    assert id(model.body.conv1.conv.weight) in {id(p) for p in groups["backbone"]["params"]}
+    total = sum(len(g["params"]) for g in groups.values())
+    assert total == len(list(model.parameters()))
+
+
+def test_layer_decay_scales_earlier_stages_down(model):
+    groups = {g["name"]: g["lr"] for g in param_groups(model, 1.0, 0.0, backbone_lr_mult=0.5, layer_decay=0.5)}
+    assert groups["backbone.depth4.no_decay"] == pytest.approx(0.5)
+    assert groups["backbone.depth1.no_decay"] == pytest.approx(0.5 * 0.5 ** 3)
+    assert groups["backbone.depth0.no_decay"] == pytest.approx(0.5 * 0.5 ** 4)
+
+
+def test_warmup_then_cosine():
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert warmup_cosine(100, 100, 10) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle", "constant"])
+def test_schedules_step_every_group(model, name):
+    opt = build_optimizer("adamw", param_groups(model, 1e-3, 1e-4, 0.1))
+    sched = build_scheduler(name, opt, total_steps=20, warmup_steps=2)
+    seen = []
+    for _ in range(20):
+        opt.step()
+        sched.step()
+        seen.append(opt.param_groups[0]["lr"])
+    ratio = [g["lr"] / g["initial_lr"] for g in opt.param_groups]
+    assert max(ratio) - min(ratio) < 1e-9  # every group follows the same curve
+    assert (len(set(seen)) == 1) == (name == "constant")
+
+
+def test_unknown_names_are_clear_errors(model):
+    with pytest.raises(ValueError, match="'adamw', 'adam' or 'sgd'"):
+        build_optimizer("lion", [])
+    with pytest.raises(ValueError, match="scheduler"):
+        build_scheduler("step", torch.optim.SGD(model.parameters(), 0.1), 10)

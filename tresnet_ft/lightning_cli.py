@@ -1,0 +1,56 @@
+"""LightningCLI wiring: the classifier, the DataModule, and the links between them."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import WandbLogger
+
+from .data import ImageDataModule
+from .module import TResNetClassifier
+
+log = logging.getLogger("tresnet_ft")
+
+
+class TResNetCLI(LightningCLI):
+    """Lightning's CLI with the data → model links, so nothing is typed twice."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: spec for name, spec in LightningCLI.subcommands().items()
+                if name in ("fit", "validate", "test")}
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        # Known only once the data is described (folder/CSV: by reading the files).
+        for key in ("num_classes", "classes", "task"):
+            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+        # How evaluation images are prepared travels with the checkpoint.
+        for key in ("image_size", "eval_crop", "mean", "std"):
+            parser.link_arguments(f"data.{key}", f"model.{key}")
+
+
+def run_cli(args: Sequence[str], run_name: str, run: bool = True) -> TResNetCLI:
+    """Run ``fit|validate|test`` with LightningCLI arguments ``args``; report where things went.
+
+    With ``run=False`` the model, data and trainer are only built (the subcommand is dropped).
+    """
+    args = list(args) if run else list(args)[1:]
+    cli = TResNetCLI(TResNetClassifier, ImageDataModule, args=args, run=run,
+                     save_config_kwargs={"overwrite": True}, parser_kwargs={"default_env": False},
+                     auto_configure_optimizers=False)
+    if run:
+        _report(cli, run_name)
+    return cli
+
+
+def _report(cli: TResNetCLI, run_name: str) -> None:
+    trainer = cli.trainer
+    if trainer.log_dir:
+        log.info("Run folder: %s", trainer.log_dir)
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if best:
+        log.info("Best checkpoint: %s", best)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._offline:
+            log.info("W&B run saved offline. Upload it with: wandb sync %s", logger.experiment.dir.rsplit("/files", 1)[0])

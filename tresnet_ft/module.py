@@ -1,0 +1,288 @@
+"""The LightningModule: a TResNet classifier with its loss, metrics, optimizer and schedule."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Union
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+
+from . import losses
+from .checkpoint import METADATA_KEY, ClassifierInfo
+from .freezing import BackboneFreeze
+from .metrics import multilabel_metrics, single_label_metrics
+from .models import create_model
+from .optim import build_optimizer, build_scheduler, param_groups
+from .thresholds import Thresholds, tune_thresholds
+
+log = logging.getLogger(__name__)
+
+TASKS = ("single_label", "multi_label")
+LOSSES = ("auto", "cross_entropy", "asl", "bce", "asl_single")
+
+
+class TResNetClassifier(pl.LightningModule):
+    """Fine-tune a TResNet for single-label classification or multi-label tagging.
+
+    Args:
+        arch: ``tresnet_m`` | ``tresnet_l`` | ``tresnet_xl`` | ``tresnet_v2_l`` (optionally ``.tag``).
+        pretrained: ``None`` (random init), ``True`` (default tag), a tag, URL or weights file.
+        head: ``linear`` or ``ml_decoder``; ``head_args`` go to its constructor.
+        norm: ``inplace_abn`` (default, lean memory) or ``bn``.
+        num_classes, classes, task: normally linked from the data (``task`` decides the loss,
+            metrics and checkpoint monitor).
+        image_size, eval_crop, mean, std: how images are fed at evaluation; linked from the data
+            and stored in the checkpoint so prediction needs nothing else.
+        loss: ``auto`` (cross-entropy with ``label_smoothing`` for single-label, ASL for
+            multi-label), ``cross_entropy``, ``asl_single``, ``asl`` or ``bce``.
+        asl_gamma_neg, asl_gamma_pos, asl_clip: ASL settings (``asl`` uses reduction "mean": the
+            sum over all N·K elements divided by N·K, so learning rates match BCE's scale).
+        optimizer: ``adamw`` | ``adam`` | ``sgd``; ``lr`` is the head's learning rate.
+        backbone_lr_mult: backbone LR = ``lr × backbone_lr_mult``.
+        layer_decay: per-stage LR decay inside the backbone (None: off).
+        weight_decay: true (decoupled) weight decay; never on norms and biases.
+        scheduler: ``cosine`` (with ``warmup_epochs``), ``onecycle`` (``pct_start``) or
+            ``constant``; stepped every optimizer step.
+        freeze_epochs, freeze_norm_stats: train only the head at first (see :class:`BackboneFreeze`).
+        ema_decay: keep an exponential moving average of the weights (Lightning's
+            ``EMAWeightAveraging``); validation, checkpoints and export use it. None: off.
+        drop_rate, drop_path_rate: dropout before the linear head; stochastic depth.
+        compile: ``torch.compile`` the network (first steps are slow while it compiles).
+    """
+
+    def __init__(
+        self,
+        arch: str = "tresnet_m",
+        pretrained: Optional[Union[bool, str]] = None,
+        head: str = "linear",
+        head_args: Optional[dict[str, Any]] = None,
+        norm: str = "inplace_abn",
+        num_classes: int = 5,
+        classes: Optional[list[str]] = None,
+        task: str = "single_label",
+        image_size: int = 224,
+        eval_crop: str = "squish",
+        mean: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        std: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        loss: str = "auto",
+        label_smoothing: float = 0.1,
+        asl_gamma_neg: float = 4.0,
+        asl_gamma_pos: float = 0.0,
+        asl_clip: float = 0.05,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        backbone_lr_mult: float = 0.1,
+        layer_decay: Optional[float] = None,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        scheduler: str = "cosine",
+        warmup_epochs: float = 1.0,
+        pct_start: float = 0.2,
+        freeze_epochs: int = 0,
+        freeze_norm_stats: bool = True,
+        ema_decay: Optional[float] = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_choice("task", task, TASKS)
+        _check_choice("loss", loss, LOSSES)
+        if classes is not None and len(classes) != num_classes:
+            raise ValueError(f"Expected {num_classes} class names, but got {len(classes)}.")
+        self.save_hyperparameters()
+        self.head_args = dict(head_args or {})
+        if head == "linear" and drop_rate:
+            self.head_args.setdefault("drop_rate", drop_rate)
+        self.model = create_model(arch, num_classes, pretrained=pretrained, head=head, head_args=self.head_args,
+                                  norm=norm, drop_path_rate=drop_path_rate)
+        if compile:
+            self.model.compile()
+        self.task = task
+        self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
+        self.loss_name = _resolve_loss(loss, task)
+        metrics = single_label_metrics(num_classes) if task == "single_label" else multilabel_metrics(num_classes)
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.thresholds: Optional[Thresholds] = None
+        self.backbone_frozen = False
+        self._val_scores: list[torch.Tensor] = []
+        self._val_targets: list[torch.Tensor] = []
+
+    # -- what the run monitors and which callbacks it needs -----------------------------------
+
+    @property
+    def monitor(self) -> str:
+        """The metric that picks the best checkpoint: top-1 accuracy or mAP."""
+        return "val/top1" if self.task == "single_label" else "val/mAP"
+
+    def configure_callbacks(self) -> list[Callback]:
+        callbacks: list[Callback] = [
+            ModelCheckpoint(monitor=self.monitor, mode="max", filename="best", save_last=True,
+                            auto_insert_metric_name=False),
+        ]
+        if self.trainer.loggers:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.hparams.freeze_epochs:
+            callbacks.append(BackboneFreeze(self.hparams.freeze_epochs, self.hparams.freeze_norm_stats))
+        if self.hparams.ema_decay:
+            callbacks.append(EMAWeightAveraging(decay=self.hparams.ema_decay))
+        return callbacks
+
+    # -- forward, loss, steps -----------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S]`` float images -> logits ``[B, K]``."""
+        if self.backbone_frozen:
+            with torch.no_grad():
+                features = self.model.forward_features(images)
+            return self.model.forward_head(features)
+        return self.model(images)
+
+    def compute_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Targets: ``[B]`` class indices, ``[B, K]`` soft labels (mixup) or multi-hot tags."""
+        hp = self.hparams
+        if self.loss_name == "cross_entropy":
+            if targets.ndim == 2:  # mixup / cutmix soft targets
+                return losses.soft_target_cross_entropy(logits, targets)
+            return losses.cross_entropy(logits, targets, label_smoothing=hp.label_smoothing)
+        if self.loss_name == "asl_single":
+            return losses.asymmetric_loss_single_label(logits, targets, gamma_pos=hp.asl_gamma_pos,
+                                                       gamma_neg=hp.asl_gamma_neg,
+                                                       label_smoothing=hp.label_smoothing)
+        if self.loss_name == "asl":
+            return losses.asymmetric_loss(logits, targets.float(), gamma_neg=hp.asl_gamma_neg,
+                                          gamma_pos=hp.asl_gamma_pos, clip=hp.asl_clip, reduction="mean")
+        return losses.binary_cross_entropy(logits, targets.float())
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        loss = self.compute_loss(self(images), targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"The training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}). "
+                "Likely causes: a learning rate too high for this batch size, or fp16 overflow "
+                "(try --trainer.precision bf16-mixed or 32, or a lower --model.lr).")
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(-1) if self.task == "single_label" else logits.float().sigmoid()
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics, stage: str) -> dict[str, torch.Tensor]:
+        images, targets = batch
+        logits = self(images)
+        probs = self._probabilities(logits)
+        self.log(f"{stage}/loss", self.compute_loss(logits, targets), on_epoch=True, prog_bar=True,
+                 batch_size=images.shape[0], sync_dist=True)
+        metrics.update(probs, targets if self.task == "single_label" else targets.long())
+        return {"probs": probs.detach(), "targets": targets, "images": images}
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        outputs = self._evaluate(batch, self.val_metrics, "val")
+        if self.task == "multi_label":
+            self._val_scores.append(outputs["probs"].cpu())
+            self._val_targets.append(outputs["targets"].cpu())
+        return outputs
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._evaluate(batch, self.test_metrics, "test")
+
+    def _log_metric_collection(self, metrics) -> None:
+        """Log the scalar metrics (per-class vectors and matrices stay for the plots)."""
+        values = metrics.compute()  # torchmetrics has already synchronised across processes
+        for key, value in values.items():
+            if value.numel() == 1:
+                self.log(key, value, prog_bar=key.endswith(("/top1", "/mAP")))
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric_collection(self.val_metrics)
+        if self.task == "multi_label" and self._val_scores:
+            self._tune_thresholds()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric_collection(self.test_metrics)
+
+    def _tune_thresholds(self) -> None:
+        """Choose per-class decision thresholds on this validation epoch's scores (all ranks)."""
+        scores = torch.cat(self._val_scores).to(self.device)
+        targets = torch.cat(self._val_targets).to(self.device)
+        self._val_scores.clear()
+        self._val_targets.clear()
+        if self.trainer.world_size > 1:
+            scores = self.all_gather(scores).flatten(0, 1)
+            targets = self.all_gather(targets).flatten(0, 1)
+        self.thresholds = tune_thresholds(scores.float().cpu(), targets.float().cpu())
+        self.log_dict({"val/f1_default": self.thresholds.f1_before, "val/f1_global": self.thresholds.f1_global,
+                       "val/f1_tuned": self.thresholds.f1_after})
+
+    # -- optimisation -------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = param_groups(self.model, hp.lr, hp.weight_decay, hp.backbone_lr_mult, hp.layer_decay)
+        optimizer = build_optimizer(hp.optimizer, groups, momentum=hp.momentum)
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        scheduler = build_scheduler(hp.scheduler, optimizer, total, warmup_steps=int(hp.warmup_epochs * steps_per_epoch),
+                                    pct_start=hp.pct_start)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- self-contained checkpoints ------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Take class names and the evaluation preprocessing from the DataModule, if any."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "task"):
+            return
+        if datamodule.task != self.task or datamodule.num_classes != self.hparams.num_classes:
+            raise ValueError(
+                f"The data is {datamodule.task} with {datamodule.num_classes} classes, but the model was built for "
+                f"{self.task} with {self.hparams.num_classes}. Fix: build it with "
+                "TResNetClassifier.from_datamodule(dm, ...) or pass task= and num_classes= to match.")
+        self.classes = list(datamodule.classes)
+        config = datamodule.transform_config
+        self.hparams.update(classes=self.classes, image_size=config.image_size, eval_crop=config.eval_crop,
+                            mean=tuple(config.mean), std=tuple(config.std))
+
+    def classifier_info(self) -> ClassifierInfo:
+        hp = self.hparams
+        return ClassifierInfo(arch=hp.arch.split(".")[0], classes=self.classes, task=self.task,
+                              image_size=hp.image_size, head=hp.head, head_args=dict(self.head_args),
+                              norm=hp.norm, eval_crop=hp.eval_crop, mean=tuple(hp.mean), std=tuple(hp.std),
+                              thresholds=self.thresholds.to_dict() if self.thresholds else None)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[METADATA_KEY] = self.classifier_info().to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get(METADATA_KEY) or {}
+        if meta.get("thresholds"):
+            self.thresholds = Thresholds.from_dict(meta["thresholds"])
+        if meta.get("classes"):
+            self.classes = list(meta["classes"])
+
+    @classmethod
+    def from_datamodule(cls, datamodule: Any, **kwargs: Any) -> "TResNetClassifier":
+        """Build a classifier whose task, classes and preprocessing come from ``datamodule``."""
+        config = datamodule.transform_config
+        defaults = dict(num_classes=datamodule.num_classes, classes=list(datamodule.classes), task=datamodule.task,
+                        image_size=config.image_size, eval_crop=config.eval_crop, mean=tuple(config.mean),
+                        std=tuple(config.std))
+        return cls(**{**defaults, **kwargs})
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"Expected {name} to be one of {list(choices)}, but got {value!r}.")
+
+
+def _resolve_loss(loss: str, task: str) -> str:
+    if loss == "auto":
+        return "cross_entropy" if task == "single_label" else "asl"
+    single = loss in ("cross_entropy", "asl_single")
+    if single != (task == "single_label"):
+        raise ValueError(f"Loss {loss!r} does not fit a {task} task. Fix: use loss='auto'.")
+    return loss
