@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .metrics import average_precision_per_class
 
@@ -96,6 +97,7 @@ def plot_training_curves(history: Sequence[dict[str, float]], max_metrics: int =
             ax.plot(*zip(*points), marker="o", markersize=3, label=key)
         ax.set_title(title)
         ax.set_xlabel(x_label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 0.25
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
         if title == "Learning rate" and all(line.get_ydata().min() > 0 for line in ax.lines):
