@@ -162,8 +162,13 @@ class ValidationOutputs:
         self, badness: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor,
         images: torch.Tensor,
     ) -> None:
-        # Only this batch's own candidates go to the CPU, as uint8.
+        # Only this batch's own candidates go to the CPU, as uint8, and once M images are kept
+        # only those worse than the best of them: late batches rarely move any image.
         candidates = badness.topk(min(self.num_worst, len(badness))).indices
+        if self._worst is not None and len(self._worst.badness) == self.num_worst:
+            candidates = candidates[badness[candidates] > self._worst.badness[-1].item()]
+            if len(candidates) == 0:
+                return
         batch = WorstPredictions(
             images=_to_uint8(images[candidates]).cpu(),
             probs=probs[candidates].cpu(),
