@@ -222,6 +222,21 @@ def test_no_validation_at_all_keeps_training_curves(tmp_path):
     assert_valid_pngs(Path(trainer.log_dir) / "plots", {"curves"})
 
 
+def test_training_metrics_join_the_last_validation_of_their_own_epoch(tmp_path):
+    class LogsAtEpochEnd(TinyClassifier):
+        def on_train_epoch_end(self):  # logged after the callbacks' on_train_epoch_end
+            self.log("train/epoch_marker", 100.0 + self.current_epoch)
+
+    train, val = loaders("single_label", num_images=48)
+    callback = PlotCallback()
+    trainer = make_trainer(tmp_path, [callback], loggers=False, val_check_interval=0.5)
+    trainer.fit(LogsAtEpochEnd(), train, val)
+    # Two validations per epoch; the epoch's training metrics go to the second one only.
+    assert [(e["epoch"], e["step"]) for e in callback.history] == [(0, 3), (0, 6), (1, 9), (1, 12)]
+    assert [e.get("train/epoch_marker") for e in callback.history] == [None, 100.0, None, 101.0]
+    assert all("val/top1" in e for e in callback.history)
+
+
 def test_history_survives_a_checkpoint_round_trip(tmp_path):
     train, val = loaders("single_label")
     trainer = make_trainer(tmp_path, [PlotCallback()], loggers=False, max_epochs=1)
