@@ -1,0 +1,414 @@
+"""Lightning callbacks: diagnostic plots (:class:`PlotCallback`) and a progress bar with images/s.
+
+:class:`PlotCallback` relies on this contract with the LightningModule:
+
+- ``validation_step`` (and ``test_step`` for test plots) returns a dict
+  ``{"probs": Tensor[B, K], "targets": Tensor, "images": Tensor[B, 3, S, S]}``:
+
+  - ``probs``: softmax (single-label) or sigmoid (multi-label) probabilities, detached;
+  - ``targets``: ``[B]`` int64 labels (single-label) or ``[B, K]`` float in {0, 1} (multi-label);
+  - ``images``: float in [0, 1] as the model saw them, on any device (optional: without it no
+    worst-predictions grid is drawn).
+
+  A step that returns anything else (``None``, a loss) is skipped with one debug message.
+- ``pl_module.classes``: the ``K`` class names (else ``pl_module.hparams["classes"]``, else
+  the indices as strings).
+- ``pl_module.task``: ``"single_label"`` or ``"multi_label"`` (else ``hparams["task"]``, else
+  inferred from the targets: ``[B, K]`` means multi-label).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities.data import extract_batch_size
+from matplotlib.figure import Figure
+
+from . import plots
+from .metrics import average_precision_per_class
+from .validation_outputs import TASKS, ValidationOutputs, WorstPredictions, describe_worst
+
+log = logging.getLogger(__name__)
+
+OUTPUT_KEYS = ("probs", "targets", "images")
+
+
+class PlotCallback(Callback):
+    """Keeps the metric history and the last evaluation's outputs; draws, saves and logs plots.
+
+    After every validation (not the sanity check) it appends one entry to :attr:`history`:
+    ``epoch``, ``step`` and every scalar in ``trainer.callback_metrics`` except the training
+    ones (keys starting with ``train_prefix``). Training metrics are added to that epoch's entry
+    once the epoch has finished and Lightning has aggregated them, so no entry mixes one epoch's
+    validation with an earlier epoch's training values. The history is saved in checkpoints, so
+    a resumed run draws its whole curve.
+
+    During validation it collects the outputs described in the module docstring into a
+    :class:`~tresnet_ft.validation_outputs.ValidationOutputs` (lean: see there). At the end of
+    ``fit`` (from the last validation), of ``validate`` and of ``test`` (into ``plots/test``) it
+    writes into ``<trainer.log_dir>/plots/``:
+
+    - ``curves.png`` (not after ``test``);
+    - single-label: ``confusion_matrix.png``;
+    - multi-label: ``per_class_ap.png`` and ``precision_recall.png``;
+    - ``worst_predictions.png`` (when images were returned);
+
+    and sends each figure to the TensorBoard (``add_figure``) and Weights & Biases
+    (``log_image``) loggers under ``plots/<name>`` (``plots/test/<name>``). Other loggers are
+    skipped. A plot that fails to draw is logged as a warning and does not end the run.
+
+    Memory: Lightning 2.x keeps no step outputs, so returning the dict costs only what this
+    callback keeps: two int32 per image (single-label) or ``3 * K`` bytes per image
+    (multi-label), plus ``num_worst`` uint8 images. Multi-label scores are kept as float16, so
+    the mAP in the plot titles can differ from the logged ``val/mAP`` by about 1e-3. Several
+    validation dataloaders are pooled.
+
+    Multi-GPU: only global rank 0 collects and draws, so the plots other than the curves show
+    rank 0's shard of the validation set (``1 / world_size`` of it with the usual distributed
+    sampler). The curves use ``callback_metrics``, which are synchronised when logged with
+    ``sync_dist=True``.
+
+    Args:
+        num_worst: the number of worst-predicted images kept and drawn.
+        dirname: the folder, under ``trainer.log_dir``, the PNGs go to.
+        train_prefix: the prefix of training metrics (``train/loss``, ``train_loss``, ...).
+        max_matrix_classes: the most classes drawn as a full confusion matrix; beyond that the
+            top confusions are drawn instead.
+        multilabel_threshold: the probability above which a tag counts as predicted in the
+            captions of the worst-predictions grid.
+    """
+
+    def __init__(
+        self,
+        num_worst: int = 16,
+        dirname: str = "plots",
+        train_prefix: str = "train",
+        max_matrix_classes: int = 30,
+        multilabel_threshold: float = 0.5,
+    ) -> None:
+        if num_worst < 0:
+            raise ValueError(f"Expected num_worst to be >= 0, but got {num_worst}.")
+        self.num_worst = num_worst
+        self.dirname = dirname
+        self.train_prefix = train_prefix
+        self.max_matrix_classes = max_matrix_classes
+        self.multilabel_threshold = multilabel_threshold
+        self.history: list[dict[str, float]] = []
+        self.outputs: ValidationOutputs | None = None
+        self.written: dict[str, Path] = {}  # name -> path of the PNGs written last
+        self._classes: list[str] | None = None
+        self._finished_train_epoch: int | None = None
+        self._skipped_outputs_logged = False
+
+    # -- history --------------------------------------------------------------------------------
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items()
+                   if not k.startswith(self.train_prefix)}
+        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
+                             **metrics})
+        if trainer.state.fn == "validate":
+            self._write_plots(trainer, stage="validate")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Metrics the module logs in its own on_train_epoch_end arrive after this hook, so the
+        # epoch's training metrics are read at the next epoch's start or at the end of fit.
+        self._finished_train_epoch = trainer.current_epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record_training_metrics(trainer)
+
+    def _record_training_metrics(self, trainer: pl.Trainer) -> None:
+        epoch, self._finished_train_epoch = self._finished_train_epoch, None
+        if epoch is None:
+            return
+        metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items()
+                   if k.startswith(self.train_prefix)}
+        last = self.history[-1] if self.history else None
+        if last is not None and last.get("epoch") == epoch and not any(
+                k.startswith(self.train_prefix) for k in last):
+            last.update(metrics)
+        elif metrics:  # an epoch without validation
+            self.history.append({"epoch": epoch, "step": trainer.global_step, **metrics})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(entry) for entry in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(entry) for entry in state_dict.get("history", [])]
+
+    # -- collecting outputs ---------------------------------------------------------------------
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._reset_outputs()
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset_outputs()
+
+    def _reset_outputs(self) -> None:
+        self.outputs = None  # created at the first batch, once the task is known
+        self._classes = None
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking and trainer.is_global_zero:
+            self._collect(pl_module, outputs)
+
+    def on_test_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.is_global_zero:
+            self._collect(pl_module, outputs)
+
+    def _collect(self, pl_module: pl.LightningModule, outputs: Any) -> None:
+        if not isinstance(outputs, Mapping) or not {"probs", "targets"} <= outputs.keys():
+            if not self._skipped_outputs_logged:
+                log.debug(
+                    "PlotCallback: the evaluation step returned %s, not a dict with keys %s; "
+                    "no confusion, AP or worst-prediction plots.",
+                    type(outputs).__name__, OUTPUT_KEYS,
+                )
+                self._skipped_outputs_logged = True
+            return
+        if self.outputs is None:
+            task = _task_of(pl_module, outputs["targets"])
+            self.outputs = ValidationOutputs(task, num_worst=self.num_worst)
+        self.outputs.add(outputs["probs"], outputs["targets"], outputs.get("images"))
+        if self._classes is None:  # checked at the first batch, not after a long run
+            self._classes = _class_names(pl_module, self.outputs.num_classes)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record_training_metrics(trainer)
+        self._write_plots(trainer, stage="fit")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_plots(trainer, stage="test")
+
+    def _write_plots(self, trainer: pl.Trainer, stage: str) -> None:
+        root = trainer.log_dir or trainer.default_root_dir  # a collective: called on every rank
+        if not trainer.is_global_zero:
+            return
+        folder = Path(root) / self.dirname / ("test" if stage == "test" else "")
+        tag_prefix = f"{self.dirname}/test/" if stage == "test" else f"{self.dirname}/"
+        self.written = {}
+        for name, draw in self._figures(with_curves=stage != "test").items():
+            try:
+                figure = draw()
+            except Exception:  # a broken plot must not cost the end of a finished run
+                log.warning("PlotCallback: could not draw %s.", name, exc_info=True)
+                continue
+            self.written[name] = plots.save_figure(figure, folder / f"{name}.png")
+            _send_to_loggers(trainer, tag_prefix + name, figure)
+        if self.written:
+            log.info("Plots written to %s: %s", folder, ", ".join(sorted(self.written)))
+
+    def _figures(self, with_curves: bool) -> dict[str, Callable[[], Figure]]:
+        """The figures to draw, by file name, as deferred calls."""
+        figures: dict[str, Callable[[], Figure]] = {}
+        if with_curves and self.history:
+            figures["curves"] = lambda: plots.plot_training_curves(self.history)
+        outputs = self.outputs
+        if outputs is None or outputs.num_samples == 0:
+            log.debug("PlotCallback: no evaluation outputs were collected; only the curves.")
+            return figures
+        classes = self._classes
+        if outputs.task == "single_label":
+            figures["confusion_matrix"] = lambda: plots.plot_confusion_matrix(
+                outputs.confusion_matrix(), classes, max_classes=self.max_matrix_classes)
+        else:
+            scores, targets = outputs.scores_and_targets()
+            figures["per_class_ap"] = lambda: plots.plot_per_class_ap(
+                average_precision_per_class(scores, targets), classes)
+            figures["precision_recall"] = lambda: plots.plot_precision_recall(
+                scores, targets, classes)
+        worst = outputs.worst()
+        if worst is not None:
+            figures["worst_predictions"] = lambda: self._plot_worst(worst, classes)
+        return figures
+
+    def _plot_worst(self, worst: WorstPredictions, classes: list[str]) -> Figure:
+        true, predicted, confidences, correct = describe_worst(
+            worst, classes, self.multilabel_threshold)
+        return plots.plot_worst_predictions(worst.images, true, predicted, confidences,
+                                            correct=correct)
+
+
+def _send_to_loggers(trainer: pl.Trainer, tag: str, figure: Figure) -> None:
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            # close=False: the same figure still goes to the other loggers.
+            logger.experiment.add_figure(tag, figure, global_step=trainer.global_step, close=False)
+        elif isinstance(logger, WandbLogger):
+            logger.log_image(key=tag, images=[plots.figure_to_array(figure)],
+                             step=trainer.global_step)
+        else:
+            log.debug("PlotCallback: %s takes no images; %s not sent.", type(logger).__name__, tag)
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The one-number entries of ``metrics`` as floats."""
+    scalars = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            scalars[key] = value.item()
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            scalars[key] = float(value)
+    return scalars
+
+
+def _task_of(pl_module: pl.LightningModule, targets: torch.Tensor) -> str:
+    task = getattr(pl_module, "task", None) or _hparam(pl_module, "task")
+    if task is None:
+        return "multi_label" if targets.ndim == 2 else "single_label"
+    if task not in TASKS:
+        raise ValueError(f"Expected pl_module.task to be one of {TASKS}, but got {task!r}.")
+    return task
+
+
+def _class_names(pl_module: pl.LightningModule, num_classes: int) -> list[str]:
+    classes = getattr(pl_module, "classes", None) or _hparam(pl_module, "classes")
+    if classes is None:
+        return [str(i) for i in range(num_classes)]
+    if len(classes) != num_classes:
+        raise ValueError(
+            f"Expected {num_classes} class names (probs have {num_classes} columns), "
+            f"but pl_module.classes has {len(classes)}."
+        )
+    return [str(name) for name in classes]
+
+
+def _hparam(pl_module: pl.LightningModule, name: str) -> Any:
+    hparams = getattr(pl_module, "hparams", None)
+    return hparams.get(name) if isinstance(hparams, Mapping) else None
+
+
+# -- throughput ---------------------------------------------------------------------------------
+
+
+class ThroughputMeter:
+    """Images per second over the last ``window`` batches.
+
+    Each batch's time runs from the end of the previous batch (so data loading counts) to its
+    own end. :meth:`pause` marks a break (validation, a new epoch); the next batch then counts
+    from its own start, so the break is not counted as training time.
+
+    Args:
+        window: the number of recent batches the rate is averaged over.
+        clock: seconds, monotonic (``time.perf_counter``; injectable for tests).
+    """
+
+    def __init__(self, window: int = 20, clock: Callable[[], float] = time.perf_counter) -> None:
+        if window < 1:
+            raise ValueError(f"Expected window to be a positive integer, but got {window}.")
+        self._clock = clock
+        self._batches: deque[tuple[int, float]] = deque(maxlen=window)
+        self._last: float | None = None
+
+    def pause(self) -> None:
+        self._last = None
+
+    def batch_started(self) -> None:
+        if self._last is None:
+            self._last = self._clock()
+
+    def batch_ended(self, num_images: int) -> None:
+        now = self._clock()
+        if self._last is not None:
+            self._batches.append((num_images, now - self._last))
+        self._last = now
+
+    @property
+    def rate(self) -> float | None:
+        """Images per second, or ``None`` before the first timed batch."""
+        seconds = sum(duration for _, duration in self._batches)
+        if seconds <= 0:
+            return None
+        return sum(images for images, _ in self._batches) / seconds
+
+
+class ThroughputProgressBar(RichProgressBar):
+    """Lightning's rich progress bar with the training throughput (``img/s``) beside the metrics.
+
+    The rate counts the images of every process (per-process batch size × world size), averaged
+    over the last ``window`` training batches, data loading included; validation time is left
+    out. Other keyword arguments go to :class:`~lightning.pytorch.callbacks.RichProgressBar`.
+    """
+
+    def __init__(self, window: int = 20, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.throughput = ThroughputMeter(window)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.throughput.pause()
+        super().on_train_epoch_start(trainer, pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.throughput.pause()
+        super().on_validation_start(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.throughput.batch_started()
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:
+        # Before super(): it refreshes the bar from get_metrics().
+        self.throughput.batch_ended(count_images(batch) * trainer.world_size)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
+        items = super().get_metrics(trainer, pl_module)
+        rate = self.throughput.rate
+        if rate is not None:
+            # A string, so the bar does not print it with the metrics' three decimals.
+            items["img/s"] = f"{rate:.0f}" if rate >= 10 else f"{rate:.2f}"
+        return items
+
+
+def count_images(batch: Any) -> int:
+    """The number of images in a batch: the length of its first 4-D tensor, else Lightning's guess.
+
+    Looking for the image tensor first keeps a scalar in the batch (a mixing weight, say) from
+    being taken for a batch of one.
+    """
+    found = _first_image_tensor(batch)
+    return len(found) if found is not None else extract_batch_size(batch)
+
+
+def _first_image_tensor(batch: Any) -> torch.Tensor | None:
+    if isinstance(batch, torch.Tensor):
+        return batch if batch.ndim == 4 else None
+    if isinstance(batch, Mapping):
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)):
+        for value in batch:
+            found = _first_image_tensor(value)
+            if found is not None:
+                return found
+    return None
+
+
+__all__ = ["OUTPUT_KEYS", "PlotCallback", "ThroughputMeter", "ThroughputProgressBar",
+           "count_images"]
