@@ -7,6 +7,7 @@ from typing import Any, Sequence
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
+from .callbacks import ThroughputProgressBar
 from .data import ImageDataModule
 from .module import TResNetClassifier
 
@@ -37,6 +38,7 @@ def run_cli(args: Sequence[str], run_name: str, run: bool = True) -> TResNetCLI:
     """
     args = list(args) if run else list(args)[1:]
     cli = TResNetCLI(TResNetClassifier, ImageDataModule, args=args, run=run,
+                     trainer_defaults={"callbacks": [ThroughputProgressBar()]},
                      save_config_kwargs={"overwrite": True}, parser_kwargs={"default_env": False},
                      auto_configure_optimizers=False)
     if run:

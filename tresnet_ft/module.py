@@ -9,10 +9,11 @@ import torch
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 
 from . import losses
+from .callbacks import PlotCallback
 from .checkpoint import METADATA_KEY, ClassifierInfo
 from .freezing import BackboneFreeze
 from .metrics import multilabel_metrics, single_label_metrics
-from .models import create_model
+from .models import convert_sync_norm, create_model
 from .optim import build_optimizer, build_scheduler, param_groups
 from .thresholds import Thresholds, tune_thresholds
 
@@ -49,6 +50,9 @@ class TResNetClassifier(pl.LightningModule):
             ``EMAWeightAveraging``); validation, checkpoints and export use it. None: off.
         drop_rate, drop_path_rate: dropout before the linear head; stochastic depth.
         compile: ``torch.compile`` the network (first steps are slow while it compiles).
+        plots: write curves, confusion matrix / AP and worst predictions as PNG (and to loggers).
+        sync_norm: with several processes, compute batch-norm statistics over all of them
+            (in-place ABN included; Lightning's ``sync_batchnorm`` does not know these layers).
     """
 
     def __init__(
@@ -85,6 +89,8 @@ class TResNetClassifier(pl.LightningModule):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         compile: bool = False,
+        plots: bool = True,
+        sync_norm: bool = False,
     ) -> None:
         super().__init__()
         _check_choice("task", task, TASKS)
@@ -124,6 +130,8 @@ class TResNetClassifier(pl.LightningModule):
         ]
         if self.trainer.loggers:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.hparams.plots:
+            callbacks.append(PlotCallback())
         if self.hparams.freeze_epochs:
             callbacks.append(BackboneFreeze(self.hparams.freeze_epochs, self.hparams.freeze_norm_stats))
         if self.hparams.ema_decay:
@@ -165,6 +173,7 @@ class TResNetClassifier(pl.LightningModule):
                 "Likely causes: a learning rate too high for this batch size, or fp16 overflow "
                 "(try --trainer.precision bf16-mixed or 32, or a lower --model.lr).")
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
         return loss
 
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -177,7 +186,16 @@ class TResNetClassifier(pl.LightningModule):
         self.log(f"{stage}/loss", self.compute_loss(logits, targets), on_epoch=True, prog_bar=True,
                  batch_size=images.shape[0], sync_dist=True)
         metrics.update(probs, targets if self.task == "single_label" else targets.long())
-        return {"probs": probs.detach(), "targets": targets, "images": images}
+        return {"probs": probs.detach(), "targets": targets, "images": self._unnormalise(images)}
+
+    def _unnormalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Back to [0, 1] for the worst-predictions plot (a no-op for TResNet's mean 0 / std 1)."""
+        mean, std = self.hparams.mean, self.hparams.std
+        if not any(mean) and all(v == 1 for v in std):
+            return images
+        shape = (1, 3, 1, 1)
+        return images * torch.tensor(std, device=images.device).view(shape) + \
+            torch.tensor(mean, device=images.device).view(shape)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         outputs = self._evaluate(batch, self.val_metrics, "val")
@@ -233,7 +251,9 @@ class TResNetClassifier(pl.LightningModule):
     # -- self-contained checkpoints ------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Take class names and the evaluation preprocessing from the DataModule, if any."""
+        """Synchronise norms if asked; take class names and preprocessing from the DataModule."""
+        if self.hparams.sync_norm and self._trainer is not None and self.trainer.world_size > 1:
+            convert_sync_norm(self.model)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None or not hasattr(datamodule, "task"):
             return
