@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,7 +45,7 @@ LOGIT_SCALE = {"linear": 5.0, "ml_decoder": 30.0}
 
 
 def filled_model(num_classes: int, head: str = "linear",
-                 head_args: Optional[dict[str, Any]] = None) -> torch.nn.Module:
+                 head_args: dict[str, Any] | None = None) -> torch.nn.Module:
     """``tresnet_m`` with seeded weights, norm statistics and norm affine parameters, in eval mode."""
     torch.manual_seed(0)
     model = create_model("tresnet_m", num_classes, head=head, head_args=head_args)
@@ -118,14 +118,14 @@ def _center_logits(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
         return model(images)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _session_folder() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="tresnet-ft-test-checkpoints-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def single_label_checkpoint() -> Path:
     """Five classes, linear head, centred on the photos."""
     info = ClassifierInfo(arch="tresnet_m", classes=CLASSES, task="single_label", image_size=IMAGE_SIZE)
@@ -134,7 +134,7 @@ def single_label_checkpoint() -> Path:
     return _write(_session_folder() / "single_label.ckpt", model, info)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def multi_label_checkpoint() -> Path:
     """Four tags, ML-Decoder head, tuned per-class thresholds: tag ``c`` sits halfway between the
     ``c+1``-th and ``c+2``-th lowest scores over the photos, so 5, 4, 3 and 2 of the six photos pass

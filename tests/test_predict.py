@@ -13,9 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from tests.classifier_builders import (CLASSES, IMAGE_SIZE, TAGS, distinct_images, multi_label_checkpoint,
-                                       reference_logits, single_label_checkpoint, write_image,
-                                       write_photo_folder)
+from tests.classifier_builders import (
+    CLASSES,
+    IMAGE_SIZE,
+    TAGS,
+    distinct_images,
+    multi_label_checkpoint,
+    reference_logits,
+    single_label_checkpoint,
+    write_image,
+    write_photo_folder,
+)
 from tresnet_ft import UnsafeCheckpointError
 from tresnet_ft.checkpoint import ClassifierInfo, LoadedClassifier
 from tresnet_ft.predict import predict_to_file
@@ -85,7 +93,7 @@ def test_single_label_csv_holds_the_models_top_k_in_path_order(single_label, pho
 def test_tables_list_images_relative_to_themselves_and_top_k_is_capped(single_label, photos, tmp_path):
     """A CSV with a relative path and a missing file, then a JSONL with an absolute path; asking
     for more classes than exist gives all of them, with probabilities summing to one."""
-    folder, readable, _ = photos
+    _, readable, _ = photos
     tables = tmp_path / "tables"
     tables.mkdir()
     relative = os.path.relpath(readable[3], tables)

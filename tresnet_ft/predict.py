@@ -18,7 +18,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -28,8 +27,14 @@ from .data.unreadable import describe_paths
 from .inference.inputs import list_image_paths
 from .inference.loading import load_fused_classifier
 from .inference.rows import OUTPUT_SUFFIXES, PredictionWriter, thresholded_rows, top_k_rows
-from .inference.stream import (FloatInput, ImageBatchStream, decode_size, default_num_workers,
-                               make_batch_loader, uint8_eval_transform)
+from .inference.stream import (
+    FloatInput,
+    ImageBatchStream,
+    decode_size,
+    default_num_workers,
+    make_batch_loader,
+    uint8_eval_transform,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +64,9 @@ class PredictSummary:
         return self.num_images / self.seconds if self.seconds > 0 else 0.0
 
 
-def predict_to_file(checkpoint: Union[str, Path], inputs: Sequence[Union[str, Path]], output: Path,
-                    top_k: int = 5, threshold: Optional[float] = None, batch_size: int = 32,
-                    num_workers: Optional[int] = None, device: Union[str, torch.device, None] = None,
+def predict_to_file(checkpoint: str | Path, inputs: Sequence[str | Path], output: Path,
+                    top_k: int = 5, threshold: float | None = None, batch_size: int = 32,
+                    num_workers: int | None = None, device: str | torch.device | None = None,
                     progress: bool = True) -> PredictSummary:
     """Predict every image named by ``inputs`` and write one row per readable image to ``output``.
 
@@ -107,7 +112,7 @@ def predict_to_file(checkpoint: Union[str, Path], inputs: Sequence[Union[str, Pa
 
 
 def _run(classifier: LoadedClassifier, paths: list[str], summary: PredictSummary, top_k: int,
-         threshold: Optional[float], batch_size: int, workers: int, device: torch.device,
+         threshold: float | None, batch_size: int, workers: int, device: torch.device,
          progress: bool) -> None:
     info = classifier.info
     stream = ImageBatchStream(paths, uint8_eval_transform(info), info.image_size, batch_size, decode_size(info))
@@ -131,7 +136,7 @@ def _run(classifier: LoadedClassifier, paths: list[str], summary: PredictSummary
             bar.update(len(batch["paths"]) + len(batch["unreadable"]))
 
 
-def _check_options(output: Path, top_k: int, threshold: Optional[float], batch_size: int) -> None:
+def _check_options(output: Path, top_k: int, threshold: float | None, batch_size: int) -> None:
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"Expected the output file to end in {' or '.join(OUTPUT_SUFFIXES)}, but got "
                          f"{output}. Fix: e.g. -o predictions.csv or -o predictions.jsonl.")
@@ -144,7 +149,7 @@ def _check_options(output: Path, top_k: int, threshold: Optional[float], batch_s
         raise ValueError(f"Expected batch_size to be an integer of at least 1, but got {batch_size!r}.")
 
 
-def _check_threshold_fits_task(threshold: Optional[float], task: str, checkpoint: Union[str, Path]) -> None:
+def _check_threshold_fits_task(threshold: float | None, task: str, checkpoint: str | Path) -> None:
     if threshold is not None and task != "multi_label":
         raise ValueError(f"A threshold applies to multi-label checkpoints, but {checkpoint} is {task}: "
                          "its rows are the top-k classes. Fix: drop --threshold, or use --top-k.")

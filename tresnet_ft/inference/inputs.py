@@ -16,7 +16,6 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Union
 
 from ..data.images import IMAGE_EXTENSIONS
 from ..data.tabular import TABLE_SUFFIXES
@@ -24,7 +23,7 @@ from ..data.tabular import TABLE_SUFFIXES
 IMAGE_COLUMN = "image"
 
 
-def list_image_paths(inputs: Sequence[Union[str, Path]]) -> list[str]:
+def list_image_paths(inputs: Sequence[str | Path]) -> list[str]:
     """All images named by ``inputs``, in input order, each path once.
 
     Raises:
@@ -84,8 +83,7 @@ def _csv_rows(table: Path) -> Iterator[tuple[int, dict]]:
         if IMAGE_COLUMN not in columns:
             raise ValueError(f"Expected an {IMAGE_COLUMN!r} column in {table}, but got columns {columns}. "
                              f"Fix: name the column of image paths {IMAGE_COLUMN!r} in the header row.")
-        for number, row in enumerate(reader, start=2):  # line 1 is the header
-            yield number, row
+        yield from enumerate(reader, start=2)  # line 1 is the header
 
 
 def _jsonl_rows(table: Path) -> Iterator[tuple[int, dict]]:
@@ -105,7 +103,7 @@ def _jsonl_rows(table: Path) -> Iterator[tuple[int, dict]]:
             yield number, row
 
 
-def _describe_sources(inputs: Sequence[Union[str, Path]]) -> str:
+def _describe_sources(inputs: Sequence[str | Path]) -> str:
     described = []
     for source in map(Path, inputs):
         if source.is_dir():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
 
 import torch
 
@@ -10,7 +9,7 @@ from ..checkpoint import LoadedClassifier, load_classifier
 from ..models.fuse import fuse_for_inference
 
 
-def open_checkpoint(checkpoint: Union[str, Path]) -> LoadedClassifier:
+def open_checkpoint(checkpoint: str | Path) -> LoadedClassifier:
     """:func:`load_classifier` on the CPU, with a missing file reported in inference terms.
 
     Raises:
@@ -28,8 +27,8 @@ def open_checkpoint(checkpoint: Union[str, Path]) -> LoadedClassifier:
     return load_classifier(path, device="cpu")
 
 
-def load_fused_classifier(checkpoint: Union[str, Path],
-                          device: Union[str, torch.device] = "cpu") -> LoadedClassifier:
+def load_fused_classifier(checkpoint: str | Path,
+                          device: str | torch.device = "cpu") -> LoadedClassifier:
     """Load ``checkpoint`` and fold every norm into its conv (:func:`fuse_for_inference`).
 
     The returned model is eval-only, channels_last, without gradients, on ``device``; it maps

@@ -67,7 +67,7 @@ class PredictionWriter:
             self._handle.flush()  # a run that finds nothing readable still leaves a valid file
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self._handle is not None:
             self._handle.close()
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import cv2
 import numpy as np
@@ -73,7 +73,7 @@ class ImageBatchStream(IterableDataset):
     """
 
     def __init__(self, paths: Sequence[str], transform: Callable[[np.ndarray], torch.Tensor],
-                 image_size: int, batch_size: int, min_decode_size: Optional[int] = None) -> None:
+                 image_size: int, batch_size: int, min_decode_size: int | None = None) -> None:
         super().__init__()
         self.paths, self.transform = paths, transform
         self.image_size, self.batch_size, self.min_decode_size = image_size, batch_size, min_decode_size
