@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -23,9 +24,16 @@ from tresnet_ft.data import images_to_float
 from tresnet_ft.export import ExportCheckError, _onnx_runner, export_model
 
 onnxruntime = pytest.importorskip("onnxruntime")
-# torch 2.13 deprecates TorchScript; these tests load (and, for the failing check, trace) it on purpose.
-jit_is_deprecated = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning",
-                                               "ignore::torch.jit.TracerWarning")
+
+
+@pytest.fixture
+def jit_is_deprecated():
+    """torch 2.13 deprecates TorchScript; these tests load (and trace) it on purpose. (A fixture,
+    not a filterwarnings mark: the suite also runs with ``-p no:warnings``, which unregisters it.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
 
 
 def _pixels(batch_size: int, seed: int) -> torch.Tensor:
@@ -90,8 +98,7 @@ def test_onnx_with_uint8_input_scales_pixels_inside_the_graph(onnx_multi_label_u
     assert metadata["input"]["dtype"] == "uint8" and "inside the model" in metadata["preprocessing"]["normalisation"]
 
 
-@jit_is_deprecated
-def test_torchscript_matches_pytorch_at_batch_1_and_3(torchscript_multi_label):
+def test_torchscript_matches_pytorch_at_batch_1_and_3(torchscript_multi_label, jit_is_deprecated):
     report = torchscript_multi_label
     assert report.checked_with == "torch.jit.load" and report.checked_batch_sizes == (1, 2)
     assert report.opset is None and report.max_abs_diff < 1e-4
@@ -123,8 +130,7 @@ def test_the_sidecar_describes_inputs_outputs_and_thresholds_in_plain_json(onnx_
     assert multi["thresholds"]["tuned"]["global_threshold"] == 0.5 and multi["opset"] is None
 
 
-@jit_is_deprecated
-def test_a_failed_check_leaves_no_file_behind(tmp_path, monkeypatch):
+def test_a_failed_check_leaves_no_file_behind(tmp_path, monkeypatch, jit_is_deprecated):
     """An exporter that produced a wrong graph: the check catches it and nothing is written."""
     import tresnet_ft.export as export_module
 
