@@ -16,7 +16,6 @@ in the batch's ``unreadable`` list, which travels back with the images: no worke
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from ..checkpoint import ClassifierInfo
 from ..data.images import UnreadableImageError, read_image
@@ -101,13 +100,10 @@ class ImageBatchStream(IterableDataset):
         return {"images": self._stack(images), "paths": kept, "unreadable": unreadable}
 
     def _stack(self, images: list[torch.Tensor]) -> torch.Tensor:
-        shape = (len(images), 3, self.image_size, self.image_size)
-        if get_worker_info() is None:
-            return torch.stack(images) if images else torch.empty(shape, dtype=torch.uint8)
-        # In a worker: allocate the batch in shared memory once (see the module doc).
-        storage = torch.UntypedStorage._new_shared(math.prod(shape))
-        out = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
-        return torch.stack(images, out=out) if images else out
+        if not images:
+            return torch.empty(0, 3, self.image_size, self.image_size, dtype=torch.uint8)
+        # default_collate stacks straight into shared memory when it runs in a worker (module doc).
+        return default_collate(images)
 
 
 class FloatInput:
