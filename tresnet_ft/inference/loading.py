@@ -1,0 +1,39 @@
+"""Open a tresnet-ft checkpoint for inference: the norm-folded model and what it expects."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import LoadedClassifier, load_classifier
+from ..models.fuse import fuse_for_inference
+
+
+def open_checkpoint(checkpoint: str | Path) -> LoadedClassifier:
+    """:func:`load_classifier` on the CPU, with a missing file reported in inference terms.
+
+    Raises:
+        FileNotFoundError: ``checkpoint`` does not exist.
+        UnsafeCheckpointError: the file needs arbitrary unpickling (a ``ValueError``).
+        ValueError: the file is not a tresnet-ft classifier checkpoint.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        # load_classifier's own message suggests published tags, which make no sense here.
+        where = "it is a folder" if path.is_dir() else "no such file"
+        raise FileNotFoundError(
+            f"Expected a tresnet-ft checkpoint file at {path}, but {where}. Fix: pass the .ckpt "
+            "written by `tresnet-ft fit` (e.g. runs/<name>/checkpoints/best.ckpt).")
+    return load_classifier(path, device="cpu")
+
+
+def load_fused_classifier(checkpoint: str | Path,
+                          device: str | torch.device = "cpu") -> LoadedClassifier:
+    """Load ``checkpoint`` and fold every norm into its conv (:func:`fuse_for_inference`).
+
+    The returned model is eval-only, channels_last, without gradients, on ``device``; it maps
+    ``float32 [B, 3, S, S]`` (the checkpoint's preprocessing, ``S = info.image_size``) to logits
+    ``[B, K]``. Raises what :func:`open_checkpoint` raises.
+    """
+    loaded = open_checkpoint(checkpoint)
+    return LoadedClassifier(fuse_for_inference(loaded.model).to(device), loaded.info)

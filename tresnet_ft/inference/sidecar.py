@@ -1,0 +1,95 @@
+"""The JSON written next to an exported model, so it can be used without this package.
+
+It says how to prepare the input (resize rule, scaling, mean/std, layout, dtype), what the
+output means (class names in order, softmax or sigmoid) and, for multi-label, the decision
+thresholds. Only plain JSON values (lists, numbers, strings).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..checkpoint import ClassifierInfo
+
+SIDECAR_SUFFIX = ".json"
+
+
+def sidecar_path(model_path: Path) -> Path:
+    """``model.onnx`` → ``model.onnx.json`` (appended, so it never collides with another file's)."""
+    return model_path.with_name(model_path.name + SIDECAR_SUFFIX)
+
+
+def sidecar_metadata(info: ClassifierInfo, model_file: str, export_format: str, input_dtype: str,
+                     opset: int | None, max_abs_diff: float | None) -> dict[str, Any]:
+    """Everything a consumer needs besides the model file, as plain JSON values."""
+    size = info.image_size
+    return {
+        "tresnet_ft_version": __version__, "format": export_format, "file": model_file, "opset": opset,
+        "arch": info.arch, "head": info.head, "task": info.task, "classes": list(info.classes),
+        "image_size": size,
+        "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": input_dtype,
+                  "layout": "NCHW, RGB channel order"},
+        "preprocessing": _preprocessing(info, input_dtype),
+        "output": {"name": "logits", "shape": ["batch", info.num_classes], "dtype": "float32",
+                   "activation": "sigmoid" if info.task == "multi_label" else "softmax"},
+        "thresholds": _thresholds(info),
+        "check_max_abs_diff": max_abs_diff,
+    }
+
+
+def write_sidecar(model_path: Path, metadata: dict[str, Any]) -> Path:
+    path = sidecar_path(model_path)
+    path.write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _preprocessing(info: ClassifierInfo, input_dtype: str) -> dict[str, Any]:
+    size = info.image_size
+    if info.eval_crop == "center_crop":
+        short_side = round(size / info.eval_crop_fraction)
+        resize = (f"resize the shorter side to {short_side} keeping the aspect ratio, then crop the "
+                  f"central {size}x{size}")
+    else:
+        resize = f"resize to {size}x{size} ignoring the aspect ratio (squish, no crop)"
+    steps = "done inside the model" if input_dtype == "uint8" else "done by the caller"
+    return {
+        "resize": resize, "eval_crop": info.eval_crop, "eval_crop_fraction": info.eval_crop_fraction,
+        "interpolation": "area when shrinking, bilinear when enlarging (OpenCV INTER_AREA / INTER_LINEAR)",
+        "mean": [float(v) for v in info.mean], "std": [float(v) for v in info.std],
+        "normalisation": f"x = (pixels / 255 - mean) / std per channel ({steps})",
+    }
+
+
+def _thresholds(info: ClassifierInfo) -> dict[str, Any] | None:
+    if info.task != "multi_label":
+        return None
+    tuned = _plain(info.thresholds) if info.thresholds is not None else None
+    return {"rule": "predict a tag when sigmoid(logit) > its threshold",
+            "per_class": _plain(info.decision_thresholds()),
+            "source": "tuned on validation data" if tuned is not None else "default 0.5 (none tuned)",
+            "tuned": tuned}
+
+
+def _plain(value: Any) -> Any:
+    """Tensors and tuples inside ``value`` → lists, so ``json.dumps`` takes it."""
+    if isinstance(value, torch.Tensor):
+        array = value.detach().cpu().numpy()
+        return _float32_to_plain(array) if array.dtype == np.float32 else array.tolist()
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _float32_to_plain(values: np.ndarray) -> Any:
+    # float32 0.3 is 0.30000001192092896 as a double; write the shortest decimal that reads back
+    # as the same float32 (0.3), which is what a person reading the file expects.
+    if values.ndim == 0:
+        return float(str(np.float32(values)))
+    return [_float32_to_plain(row) for row in values]
