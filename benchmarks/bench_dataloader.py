@@ -29,7 +29,8 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from tresnet_ft.data import ImageFileDataset, InMemoryImageDataset, build_transforms, read_image
-from tresnet_ft.data.datamodule import TransformedDataset, single_threaded_opencv
+from tresnet_ft.data.datamodule import TransformedDataset
+from tresnet_ft.data.workers import single_threaded_opencv
 
 
 def make_cifar_like(num: int) -> InMemoryImageDataset:

@@ -1,6 +1,5 @@
 """Pretrained weights: every supported format, head re-initialisation, refusals, offline errors."""
 import logging
-import os
 import re
 from pathlib import Path
 

@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 from .checkpoint import LoadedClassifier
 from .data.unreadable import describe_paths
 from .inference.inputs import list_image_paths
+from .data.workers import default_num_workers
 from .inference.loading import load_fused_classifier
 from .inference.rows import OUTPUT_SUFFIXES, PredictionWriter, thresholded_rows, top_k_rows
 from .inference.stream import (
     FloatInput,
     ImageBatchStream,
     decode_size,
-    default_num_workers,
     make_batch_loader,
     uint8_eval_transform,
 )

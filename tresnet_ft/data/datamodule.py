@@ -15,7 +15,6 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-import cv2
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -25,27 +24,9 @@ from .mixing import BatchMixer
 from .registry import check_options, describe_dataset, get_entry, resolve_root
 from .transforms import EvalCrop, TrainCrop, TransformConfig, build_transforms, images_to_float
 from .unreadable import UnreadableLog
+from .workers import default_num_workers, single_threaded_opencv
 
 log = logging.getLogger(__name__)
-
-
-def default_num_workers() -> int:
-    """One loader worker per CPU core the process may use, minus one for the training loop (1..8)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
-
-
-def single_threaded_opencv() -> None:
-    """Make OpenCV run its ops on the calling thread, before loader workers are forked.
-
-    Workers are the parallelism: OpenCV's own thread pool would fight them for the same cores.
-    It must be set in the parent: a forked worker that reconfigures a pool it inherited mid-use
-    can deadlock (seen here in ``pthread_cond_destroy``).
-    """
-    cv2.setNumThreads(1)
 
 
 def _remove_file(path: str) -> None:

@@ -16,7 +16,6 @@ in the batch's ``unreadable`` list, which travels back with the images: no worke
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -27,18 +26,10 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from ..checkpoint import ClassifierInfo
 from ..data.images import UnreadableImageError, read_image
+from ..data.workers import single_threaded_opencv
 from ..data.transforms import ImageTransform, TransformConfig, build_transforms
 
 Batch = dict[str, Any]  # images: uint8 [B, 3, S, S]; paths: [B] str; unreadable: [(path, reason)]
-
-
-def default_num_workers() -> int:
-    """One loader process per usable CPU core, minus one for the model (1..8)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
 
 
 def decode_size(info: ClassifierInfo) -> int:
@@ -131,8 +122,6 @@ def make_batch_loader(stream: ImageBatchStream, num_workers: int, pin_memory: bo
         raise ValueError(f"Expected num_workers >= 0, but got {num_workers}.")
     num_workers = min(num_workers, stream.num_batches())
     if num_workers > 0:
-        # Workers are the parallelism; OpenCV's own pool would fight them for cores, and it must be
-        # configured in the parent before forking (a forked worker reconfiguring it can deadlock).
-        cv2.setNumThreads(1)
+        single_threaded_opencv()
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       prefetch_factor=2 if num_workers > 0 else None)
