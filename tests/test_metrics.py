@@ -144,7 +144,7 @@ def test_map_metric_synchronises_across_real_processes(tmp_path) -> None:
     scores, targets, _ = sharded_case()
     expected = np.mean(sklearn_ap(scores, targets))
     for rank in range(2):
-        assert torch.load(tmp_path / f"rank{rank}.pt").item() == pytest.approx(expected, rel=1e-5)
+        assert torch.load(tmp_path / f"rank{rank}.pt", weights_only=True).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_single_label_metrics_hand_checked() -> None:

@@ -132,9 +132,10 @@ class TResNetClassifier(pl.LightningModule):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.hparams.plots:
             callbacks.append(PlotCallback())
-        if self.hparams.freeze_epochs:
+        fitting = self.trainer.state.fn == "fit"  # validate/test only read the (averaged) weights
+        if fitting and self.hparams.freeze_epochs:
             callbacks.append(BackboneFreeze(self.hparams.freeze_epochs, self.hparams.freeze_norm_stats))
-        if self.hparams.ema_decay:
+        if fitting and self.hparams.ema_decay:
             callbacks.append(EMAWeightAveraging(decay=self.hparams.ema_decay))
         return callbacks
 
