@@ -32,3 +32,23 @@ def test_a_plain_state_dict_is_not_a_classifier_checkpoint(tmp_path):
     torch.save(create_model("tresnet_m", 3).state_dict(), tmp_path / "weights.pth")
     with pytest.raises(ValueError, match="not a tresnet-ft classifier checkpoint"):
         load_classifier(tmp_path / "weights.pth")
+
+
+def test_metadata_from_a_newer_version_is_a_clear_error(tmp_path):
+    info = ClassifierInfo(arch="tresnet_m", classes=["a", "b"], task="single_label", image_size=64)
+    path = write_classifier(tmp_path / "m.ckpt", create_model("tresnet_m", 2), info)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["tresnet_ft"]["format_version"] = 99
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match="newer tresnet-ft"):
+        load_classifier(path)
+
+
+def test_uint8_eval_transform_matches_the_float_one_after_scaling():
+    from tresnet_ft.data import images_to_float
+
+    info = ClassifierInfo(arch="tresnet_m", classes=["a"], task="single_label", image_size=64)
+    image = np.random.default_rng(0).integers(0, 255, (50, 80, 3), dtype=np.uint8)
+    as_uint8 = info.eval_transform(output="uint8")(image)
+    assert as_uint8.dtype == torch.uint8
+    torch.testing.assert_close(images_to_float(as_uint8), info.eval_transform()(image))

@@ -8,7 +8,7 @@ there).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -65,17 +65,28 @@ class ClassifierInfo:
 
     @classmethod
     def from_dict(cls, meta: dict[str, Any]) -> "ClassifierInfo":
+        if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise ValueError(f"This checkpoint was written by a newer tresnet-ft (format {meta['format_version']}, "
+                             f"this version reads {FORMAT_VERSION}). Fix: upgrade tresnet-ft.")
         values = {k: v for k, v in meta.items() if k != "format_version"}
+        known = {f.name for f in fields(cls)}
+        if set(values) - known or {"arch", "classes", "task", "image_size"} - set(values):
+            raise ValueError(f"Unexpected tresnet-ft checkpoint metadata: unknown keys {sorted(set(values) - known)}, "
+                             f"missing {sorted({'arch', 'classes', 'task', 'image_size'} - set(values))}.")
         values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
         return cls(**values)
 
-    def eval_transform(self):
-        """The deterministic evaluation transform: RGB ``uint8 [H, W, 3]`` → ``float32 [3, S, S]``."""
+    def eval_transform(self, output: str = "float"):
+        """The deterministic evaluation transform: RGB ``uint8 [H, W, 3]`` → ``[3, S, S]``.
+
+        ``output="float"``: normalised ``float32``; ``"uint8"``: the same resize without scaling
+        (convert batches on the device with ``images_to_float(x, info.mean, info.std)``).
+        """
         from .data.transforms import TransformConfig, build_transforms
 
         config = TransformConfig(image_size=self.image_size, eval_crop=self.eval_crop,  # type: ignore[arg-type]
                                  eval_crop_fraction=self.eval_crop_fraction, mean=self.mean, std=self.std)
-        return build_transforms(config, train=False, output="float")
+        return build_transforms(config, train=False, output=output)  # type: ignore[arg-type]
 
     def decision_thresholds(self, override: Optional[float] = None) -> torch.Tensor:
         """``[K]`` multi-label thresholds: ``override`` for all, else the tuned per-class ones, else 0.5."""

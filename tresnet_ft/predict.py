@@ -33,7 +33,6 @@ from .inference.stream import (
     ImageBatchStream,
     decode_size,
     make_batch_loader,
-    uint8_eval_transform,
 )
 
 log = logging.getLogger(__name__)
@@ -115,7 +114,7 @@ def _run(classifier: LoadedClassifier, paths: list[str], summary: PredictSummary
          threshold: float | None, batch_size: int, workers: int, device: torch.device,
          progress: bool) -> None:
     info = classifier.info
-    stream = ImageBatchStream(paths, uint8_eval_transform(info), info.image_size, batch_size, decode_size(info))
+    stream = ImageBatchStream(paths, info.eval_transform(output="uint8"), info.image_size, batch_size, decode_size(info))
     loader = make_batch_loader(stream, workers, pin_memory=device.type == "cuda")
     thresholds = info.decision_thresholds(threshold)
     to_float = FloatInput(batch_size, info.image_size, info.mean, info.std, device)

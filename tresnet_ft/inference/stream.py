@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from ..checkpoint import ClassifierInfo
 from ..data.images import UnreadableImageError, read_image
 from ..data.workers import single_threaded_opencv
-from ..data.transforms import ImageTransform, TransformConfig, build_transforms
 
 Batch = dict[str, Any]  # images: uint8 [B, 3, S, S]; paths: [B] str; unreadable: [(path, reason)]
 
@@ -40,23 +39,12 @@ def decode_size(info: ClassifierInfo) -> int:
     return info.image_size
 
 
-def uint8_eval_transform(info: ClassifierInfo) -> ImageTransform:
-    """``info.eval_transform()`` with ``uint8 [3, S, S]`` output: the same resize, no scaling.
-
-    ``images_to_float(x, info.mean, info.std)`` on the batch then gives exactly what
-    ``info.eval_transform()`` gives per image.
-    """
-    config = TransformConfig(image_size=info.image_size, eval_crop=info.eval_crop,  # type: ignore[arg-type]
-                             eval_crop_fraction=info.eval_crop_fraction, mean=info.mean, std=info.std)
-    return build_transforms(config, train=False, output="uint8")
-
-
 class ImageBatchStream(IterableDataset):
     """Yields :data:`Batch` dicts of up to ``batch_size`` images from ``paths``, in order.
 
     Args:
         paths: image files, in output order.
-        transform: RGB ``uint8 [H, W, 3]`` → ``uint8 [3, S, S]`` (:func:`uint8_eval_transform`).
+        transform: RGB ``uint8 [H, W, 3]`` → ``uint8 [3, S, S]`` (``info.eval_transform(output="uint8")``).
         image_size: ``S`` of the batch tensor.
         batch_size: paths per batch (readable or not).
         min_decode_size: let JPEGs decode at 1/2..1/8 scale while both sides stay at least this.
