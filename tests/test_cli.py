@@ -72,3 +72,13 @@ def test_every_recipe_parses_and_builds(tmp_path, name, monkeypatch):
     assert cli.model.hparams.arch == recipe["model"]["arch"]
     assert cli.model.hparams.num_classes == 5  # linked from the data
     assert cli.datamodule.transform_config.image_size == recipe["data"]["image_size"]
+
+
+def test_progress_bar_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["fit", "--recipe", "quickstart", "--logger", "csv", "--data.dataset_options", '{"num_images": 8}']
+    args, _ = training_args([*base, "--trainer.enable_progress_bar", "false"])
+    assert run_cli(args, "quickstart", run=False).trainer.progress_bar_callback is None
+    args, _ = training_args(base)
+    bar = run_cli(args, "quickstart", run=False).trainer.progress_bar_callback
+    assert type(bar).__name__ == "ThroughputProgressBar"
