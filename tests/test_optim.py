@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from tresnet_ft import create_model
 from tresnet_ft.optim import build_optimizer, build_scheduler, param_groups, warmup_cosine
@@ -58,3 +59,28 @@ def test_unknown_names_are_clear_errors(model):
         build_optimizer("lion", [])
     with pytest.raises(ValueError, match="scheduler"):
         build_scheduler("step", torch.optim.SGD(model.parameters(), 0.1), 10)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_adam_uses_the_fused_kernel_with_the_same_result(name):
+    torch.manual_seed(0)
+    weights = [torch.randn(8, 4), torch.randn(4)]
+    fused_params = [nn.Parameter(w.clone()) for w in weights]
+    plain_params = [nn.Parameter(w.clone()) for w in weights]
+    fused = build_optimizer(name, [{"params": fused_params, "lr": 1e-2, "weight_decay": 0.1}])
+    kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    plain = kind([{"params": plain_params, "lr": 1e-2, "weight_decay": 0.1}], foreach=False)
+    assert fused.defaults["fused"] is True
+    for _ in range(5):
+        grads = [torch.randn_like(w) for w in weights]
+        for params, opt in ((fused_params, fused), (plain_params, plain)):
+            for param, grad in zip(params, grads):
+                param.grad = grad.clone()
+            opt.step()
+    for a, b in zip(fused_params, plain_params):
+        torch.testing.assert_close(a, b)
+
+
+def test_integer_parameters_fall_back_to_the_unfused_kernel():
+    params = [nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2, dtype=torch.int64), requires_grad=False)]
+    assert not build_optimizer("adamw", [{"params": params, "lr": 1e-3}]).defaults["fused"]

