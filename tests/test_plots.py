@@ -11,6 +11,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 from tresnet_ft.plots import (
     figure_to_array,
     plot_confusion_matrix,
+    plot_image_grid,
     plot_per_class_ap,
     plot_precision_recall,
     plot_training_curves,
@@ -257,3 +258,36 @@ def test_save_figure_writes_a_readable_png_the_size_of_the_rendered_figure(tmp_p
     assert image.std() > 0  # not a blank canvas
     with pytest.raises(ValueError, match="ending in .png"):
         save_figure(fig, tmp_path / "curves.jpg")
+
+
+# -- image grid ---------------------------------------------------------------------------------
+
+
+def test_image_grid_shows_each_image_with_its_caption_and_a_title():
+    images = torch.randint(0, 256, (3, 3, 6, 8), dtype=torch.uint8)
+    fig = plot_image_grid(images, ["circle", "square", "a very long caption " * 3], ncols=2,
+                          title="A training batch")
+    assert len(fig.axes) == 4 and fig.get_suptitle() == "A training batch"
+    with_images = [ax for ax in fig.axes if ax.images]
+    assert len(with_images) == 3
+    for ax, image in zip(with_images, images):
+        np.testing.assert_array_equal(ax.images[0].get_array(), image.permute(1, 2, 0).numpy())
+    assert [ax.get_title() for ax in with_images][:2] == ["circle", "square"]
+    assert "\n" in with_images[2].get_title()  # long captions are wrapped
+
+
+def test_image_grid_without_captions_and_with_float_images():
+    images = torch.full((2, 3, 4, 4), 0.5)
+    fig = plot_image_grid(images)
+    assert [ax.get_title() for ax in fig.axes] == ["", ""] and fig.get_suptitle() == ""
+    assert fig.axes[0].images[0].get_array().dtype == np.uint8
+    assert int(fig.axes[0].images[0].get_array()[0, 0, 0]) == 128
+
+
+def test_image_grid_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="Expected 2 captions for 2 images, but got 1"):
+        plot_image_grid(torch.zeros(2, 3, 4, 4), ["a"])
+    with pytest.raises(ValueError, match="empty batch"):
+        plot_image_grid(torch.zeros(0, 3, 4, 4))
+    with pytest.raises(ValueError, match="ncols"):
+        plot_image_grid(torch.zeros(1, 3, 4, 4), ncols=0)

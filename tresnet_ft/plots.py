@@ -1,4 +1,4 @@
-"""Diagnostic figures for a fine-tuning run: curves, confusions, per-class AP, PR, worst images.
+"""Diagnostic figures for a fine-tuning run: curves, confusions, per-class AP, PR, image grids.
 
 Plain matplotlib, no Lightning: every function takes tensors or plain Python data and returns a
 :class:`matplotlib.figure.Figure`. Figures are built with the object-oriented API and rendered by
@@ -430,6 +430,45 @@ def plot_worst_predictions(
     correct = [t == p for t, p in zip(true_labels, predicted)] if correct is None else list(correct)
     if len(correct) != m:
         raise ValueError(f"Expected {m} correct flags, one per image, but got {len(correct)}.")
+    captions = [f"{true_labels[i]} / {predicted[i]} ({float(confidences[i]):.2f})" for i in range(m)]
+    colors = [_CORRECT_COLOR if right else _WRONG_COLOR for right in correct]
+    return _image_grid(images, captions, colors, ncols,
+                       "Worst-predicted validation images (true / predicted (probability))")
+
+
+def plot_image_grid(
+    images: torch.Tensor,
+    captions: Sequence[str] | None = None,
+    ncols: int = 4,
+    title: str | None = None,
+) -> Figure:
+    """Images in a grid, each with an optional caption: a training batch, or tagged files.
+
+    Args:
+        images: ``[M, 3, H, W]`` uint8 in [0, 255] or float in [0, 1] (clamped), e.g. a batch
+            from ``ImageDataModule.train_dataloader()`` as it comes (augmented, still uint8).
+        captions: ``M`` strings shown above the images (wrapped), or None for none.
+        ncols: images per row.
+        title: a title over the whole grid.
+
+    Returns:
+        A figure with ``ceil(M / ncols) * ncols`` axes, the first ``M`` holding one image each.
+
+    Example:
+        >>> fig = plot_image_grid(torch.zeros(3, 3, 8, 8, dtype=torch.uint8), ["a", "b", "c"], ncols=2)
+        >>> len(fig.axes), fig.axes[2].get_title()
+        (4, 'c')
+    """
+    m = _check_images(images, ncols)
+    if captions is not None and len(captions) != m:
+        raise ValueError(f"Expected {m} captions for {m} images, but got {len(captions)}.")
+    return _image_grid(images, list(captions) if captions is not None else [""] * m, ["black"] * m,
+                       ncols, title)
+
+
+def _image_grid(images: torch.Tensor, captions: list[str], colors: list[str], ncols: int,
+                title: str | None) -> Figure:
+    m = images.shape[0]
     pixels = _images_to_uint8_hwc(images)
     ncols = min(ncols, m)
     nrows = math.ceil(m / ncols)
@@ -439,26 +478,30 @@ def plot_worst_predictions(
         if index >= m:
             continue
         ax.imshow(pixels[index])
-        caption = f"{true_labels[index]} / {predicted[index]} ({float(confidences[index]):.2f})"
-        ax.set_title(textwrap.fill(caption, _CAPTION_WIDTH), fontsize=8,
-                     color=_CORRECT_COLOR if correct[index] else _WRONG_COLOR)
-    fig.suptitle("Worst-predicted validation images (true / predicted (probability))")
+        if captions[index]:
+            ax.set_title(textwrap.fill(captions[index], _CAPTION_WIDTH), fontsize=8, color=colors[index])
+    if title:
+        fig.suptitle(title)
     return fig
 
 
 def _check_image_grid(images, true_labels, predicted, confidences, ncols: int) -> int:
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"Expected images of shape [M, 3, H, W], but got {list(images.shape)}.")
-    m = images.shape[0]
-    if m == 0:
-        raise ValueError("Expected at least one image, but got an empty batch.")
+    m = _check_images(images, ncols)
     lengths = {"true_labels": len(true_labels), "predicted": len(predicted),
                "confidences": len(confidences)}
     if any(length != m for length in lengths.values()):
         raise ValueError(f"Expected {m} captions for {m} images, but got {lengths}.")
+    return m
+
+
+def _check_images(images: torch.Tensor, ncols: int) -> int:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"Expected images of shape [M, 3, H, W], but got {list(images.shape)}.")
+    if images.shape[0] == 0:
+        raise ValueError("Expected at least one image, but got an empty batch.")
     if ncols < 1:
         raise ValueError(f"Expected ncols to be a positive integer, but got {ncols}.")
-    return m
+    return images.shape[0]
 
 
 def _images_to_uint8_hwc(images: torch.Tensor) -> np.ndarray:

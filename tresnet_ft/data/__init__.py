@@ -13,6 +13,7 @@ from .download import DatasetNotFoundError, default_data_root
 from .images import UnreadableImageError, decode_image, read_image
 from .mixing import BatchMixer
 from .quickstart import QuickstartDataset
+from .quickstart_files import write_quickstart_folder, write_quickstart_table
 from .registry import DATASETS, describe_dataset, load_dataset
 from .transforms import NORMALIZATIONS, TransformConfig, build_transforms, images_to_float
 
@@ -47,4 +48,6 @@ __all__ = [
     "images_to_float",
     "load_dataset",
     "read_image",
+    "write_quickstart_folder",
+    "write_quickstart_table",
 ]
