@@ -82,7 +82,7 @@ def test_resume_from_last_continues_the_schedule(tmp_path):
     straight = Recorder()
     full, _, _ = _fit(tmp_path / "straight", callbacks=[straight], trainer_kwargs={"max_epochs": 2})
     first, _, data = _fit(tmp_path / "resumed", trainer_kwargs={"max_epochs": 1})
-    last = first.checkpoint_callback.last_model_path
+    last = tmp_path / "resumed" / "logs" / "version_0" / "checkpoints" / "last.ckpt"
     resumed_rec = Recorder()
     model = TResNetClassifier.from_datamodule(data, arch="tresnet_m", pretrained=None)
     resumed = tiny_trainer(tmp_path / "resumed", max_epochs=2, callbacks=[resumed_rec])
