@@ -18,11 +18,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_command(
-    args: list[str], cwd: Path, timeout: float = 600, **env: str
-) -> subprocess.CompletedProcess:
-    """``python -m tresnet_ft.cli ARGS`` in ``cwd`` (runs go to ``cwd/runs``), offline, output captured."""
-    environment = {
+def command_env(cwd: Path, **env: str) -> dict[str, str]:
+    """The environment of a ``tresnet-ft`` subprocess: this checkout, offline, runs under ``cwd/runs``."""
+    return {
         **os.environ,
         "PYTHONPATH": str(REPO),
         "HF_HUB_OFFLINE": "1",
@@ -30,6 +28,12 @@ def run_command(
         "TRESNET_FT_RUNS": str(cwd / "runs"),
         **env,
     }
+
+
+def run_command(
+    args: list[str], cwd: Path, timeout: float = 600, **env: str
+) -> subprocess.CompletedProcess:
+    """``python -m tresnet_ft.cli ARGS`` in ``cwd``, waited for, output captured."""
     return subprocess.run(
         [sys.executable, "-m", "tresnet_ft.cli", *args],
         check=False,
@@ -37,7 +41,19 @@ def run_command(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=environment,
+        env=command_env(cwd, **env),
+    )
+
+
+def start_command(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
+    """Like :func:`run_command`, without waiting (``communicate()`` gives stdout and stderr)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tresnet_ft.cli", *args],
+        cwd=cwd,
+        env=command_env(cwd, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -20,6 +20,10 @@ from .thresholds import Thresholds, tune_thresholds
 log = logging.getLogger(__name__)
 
 TASKS = ("single_label", "multi_label")
+# For values every process already holds (synchronised torchmetrics results, thresholds tuned on
+# gathered scores): "max" of equal numbers returns them exactly (a mean could be off by an ulp),
+# and Lightning no longer warns that an unsynchronised epoch value is logged.
+SAME_ON_EVERY_RANK: dict[str, Any] = {"sync_dist": True, "reduce_fx": "max"}
 LOSSES = ("auto", "cross_entropy", "asl", "bce", "asl_single")
 
 
@@ -185,8 +189,11 @@ class TResNetClassifier(pl.LightningModule):
                 f"The training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}). "
                 "Likely causes: a learning rate too high for this batch size, or fp16 overflow "
                 "(try --trainer.precision bf16-mixed or 32, or a lower --model.lr).")
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+        # sync_dist: with several processes the epoch value is the mean over all of them, not rank 0's.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0],
+                 sync_dist=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True,
+                 sync_dist=True)
         return loss
 
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -225,7 +232,7 @@ class TResNetClassifier(pl.LightningModule):
         values = metrics.compute()  # torchmetrics has already synchronised across processes
         for key, value in values.items():
             if value.numel() == 1:
-                self.log(key, value, prog_bar=key.endswith(("/top1", "/mAP")))
+                self.log(key, value, prog_bar=key.endswith(("/top1", "/mAP")), **SAME_ON_EVERY_RANK)
         metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -247,7 +254,7 @@ class TResNetClassifier(pl.LightningModule):
             targets = self.all_gather(targets).flatten(0, 1)
         self.thresholds = tune_thresholds(scores.float().cpu(), targets.float().cpu())
         self.log_dict({"val/f1_default": self.thresholds.f1_before, "val/f1_global": self.thresholds.f1_global,
-                       "val/f1_tuned": self.thresholds.f1_after})
+                       "val/f1_tuned": self.thresholds.f1_after}, **SAME_ON_EVERY_RANK)
 
     # -- optimisation -------------------------------------------------------------------------
 
