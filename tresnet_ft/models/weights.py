@@ -108,15 +108,17 @@ def download_from_hub(name: str) -> Path:
                                       + f" ({type(err).__name__})") from None
 
 
-def download_url(url: str, cache_dir: Path = WEIGHTS_CACHE) -> Path:
+def download_url(url: str, cache_dir: Optional[Path] = None) -> Path:
     """Fetch a weights file from ``url`` into ``cache_dir`` (once), with a progress bar.
 
+    ``cache_dir`` defaults to ``$TRESNET_FT_WEIGHTS`` or ``~/.cache/tresnet-ft/weights``.
     Bytes go to ``<name>.part`` and the file appears only once complete, so an interrupted
     download never looks like a cached file; the next call resumes it (HTTP Range) or restarts.
     """
     # Plain Python, imported late: `import tresnet_ft.models` stays light.
     from ..data.download import download_file
 
+    cache_dir = WEIGHTS_CACHE if cache_dir is None else Path(cache_dir)
     target = cache_dir / Path(url.split("?")[0]).name
     if target.exists():
         return target
