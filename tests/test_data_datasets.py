@@ -451,3 +451,19 @@ def test_every_registered_dataset_describes_and_unknown_names_fail(tmp_path):
         load_dataset("folder")
     with pytest.raises(ValueError, match="does not take options"):
         load_dataset("flowers102", tmp_path, val_fraction=0.1)
+
+
+def test_a_doctored_cifar_pickle_is_refused_without_running_code(tmp_path):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    archive, _ = write_cifar_archive(tmp_path, cifar.CIFAR10, per_file=4)
+    extract_archive(archive, tmp_path, progress=False)
+    batch = tmp_path / cifar.CIFAR10.folder / next(iter(cifar.CIFAR10.train_files))
+    batch.write_bytes(pickle.dumps({"data": Payload(), "labels": [0]}, protocol=2))
+    with pytest.raises(ValueError, match=r"Refusing to read .*data_batch_1: it references io\.open"):
+        load_dataset("cifar10", tmp_path, "train", download=False)
+    assert not (tmp_path / "pwned").exists()
