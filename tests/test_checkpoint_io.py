@@ -1,5 +1,6 @@
 """Training checkpoints: written atomically (a crash while writing keeps the previous file), read
 without unpickling anything but tensors and plain values."""
+
 from __future__ import annotations
 
 import os
@@ -18,20 +19,27 @@ from tresnet_ft.checkpoint_io import SafeCheckpointIO, partial_path, save_atomic
 
 
 def _state(value: float, size: int = 1000) -> dict:
-    return {"pytorch-lightning_version": "2.6.6", "global_step": int(value),
-            "state_dict": {"w": torch.full((size,), value)}}
+    return {
+        "pytorch-lightning_version": "2.6.6",
+        "global_step": int(value),
+        "state_dict": {"w": torch.full((size,), value)},
+    }
 
 
 def test_save_then_load_round_trips_and_leaves_no_partial_file(tmp_path):
     io = SafeCheckpointIO()
     io.save_checkpoint(_state(1.0), tmp_path / "run" / "last.ckpt")
     loaded = io.load_checkpoint(tmp_path / "run" / "last.ckpt")
-    assert loaded["global_step"] == 1 and torch.equal(loaded["state_dict"]["w"], torch.ones(1000))
+    assert loaded["global_step"] == 1 and torch.equal(
+        loaded["state_dict"]["w"], torch.ones(1000)
+    )
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last.ckpt"]
 
 
-def test_an_error_half_way_through_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    import tresnet_ft.checkpoint_io as checkpoint_io
+def test_an_error_half_way_through_writing_keeps_the_previous_checkpoint(
+    tmp_path, monkeypatch
+):
+    from tresnet_ft import checkpoint_io
 
     path = tmp_path / "last.ckpt"
     save_atomically(_state(1.0), path)
@@ -65,24 +73,33 @@ checkpoint_io.save_atomically({"global_step": 2, "w": torch.full((1000,), 2.0)},
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
-def test_sigkill_while_writing_keeps_the_previous_checkpoint_and_the_next_save_cleans_up(tmp_path):
+def test_sigkill_while_writing_keeps_the_previous_checkpoint_and_the_next_save_cleans_up(
+    tmp_path,
+):
     path = tmp_path / "last.ckpt"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-c", _KILLED_WHILE_SAVING, str(path)], env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WHILE_SAVING, str(path)], env=env
+    )
     try:
         deadline = time.monotonic() + 120
         while not Path(f"{path}.ready").exists():
-            assert process.poll() is None and time.monotonic() < deadline, "the writer did not get there"
+            assert process.poll() is None and time.monotonic() < deadline, (
+                "the writer did not get there"
+            )
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
         process.wait()
     stale = partial_path(path)
-    assert stale.exists() and torch.load(stale, weights_only=True)["global_step"] == 2  # fully written
-    assert torch.load(path, weights_only=True)["global_step"] == 1  # ... but never renamed into place
+    # The new checkpoint was fully written but never renamed into place: the old one stands.
+    assert stale.exists() and torch.load(stale, weights_only=True)["global_step"] == 2
+    assert torch.load(path, weights_only=True)["global_step"] == 1
     save_atomically({"global_step": 3}, path)
-    assert torch.load(path, weights_only=True)["global_step"] == 3 and not stale.exists()
+    assert (
+        torch.load(path, weights_only=True)["global_step"] == 3 and not stale.exists()
+    )
 
 
 class _Payload:
@@ -95,10 +112,15 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
-def test_a_checkpoint_with_a_pickle_payload_is_refused_and_never_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # our explicit weights_only=True wins
+def test_a_checkpoint_with_a_pickle_payload_is_refused_and_never_runs(
+    tmp_path, monkeypatch
+):
+    # Our explicit weights_only=True wins over this override.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     marker = tmp_path / "pwned"
-    torch.save({**_state(1.0), "callbacks": {"x": _Payload(marker)}}, tmp_path / "evil.ckpt")
+    torch.save(
+        {**_state(1.0), "callbacks": {"x": _Payload(marker)}}, tmp_path / "evil.ckpt"
+    )
     with pytest.raises(UnsafeCheckpointError, match="Refusing to load .*evil.ckpt"):
         SafeCheckpointIO().load_checkpoint(tmp_path / "evil.ckpt")
     assert not marker.exists()
@@ -106,12 +128,19 @@ def test_a_checkpoint_with_a_pickle_payload_is_refused_and_never_runs(tmp_path, 
 
 def test_missing_truncated_and_foreign_files_are_explained(tmp_path):
     io = SafeCheckpointIO()
-    with pytest.raises(FileNotFoundError, match=r"nope.ckpt does not exist.*--ckpt_path last"):
+    with pytest.raises(
+        FileNotFoundError, match=r"nope.ckpt does not exist.*--ckpt_path last"
+    ):
         io.load_checkpoint(tmp_path / "nope.ckpt")
     save_atomically(_state(1.0, size=100_000), tmp_path / "whole.ckpt")
     (tmp_path / "cut.ckpt").write_bytes((tmp_path / "whole.ckpt").read_bytes()[:50_000])
-    with pytest.raises(ValueError, match=r"Could not read .*cut.ckpt \(50000 bytes\): it is truncated"):
+    with pytest.raises(
+        ValueError, match=r"Could not read .*cut.ckpt \(50000 bytes\): it is truncated"
+    ):
         io.load_checkpoint(tmp_path / "cut.ckpt")
     torch.save({"model": {"w": torch.ones(2)}}, tmp_path / "weights.pth")
-    with pytest.raises(ValueError, match=r"weights.pth is not a training checkpoint.*--model.pretrained"):
+    with pytest.raises(
+        ValueError,
+        match=r"weights.pth is not a training checkpoint.*--model.pretrained",
+    ):
         io.load_checkpoint(tmp_path / "weights.pth")

@@ -398,7 +398,7 @@ def test_jsonl_outside_path_names_its_line_and_the_datamodule_option_allows_it(t
              '{"image": "img/1.jpg", "labels": "b"}']
     (tmp_path / "data" / "t.jsonl").write_text("\n".join(lines))
     with pytest.raises(ValueError, match=r"Line 3 of .*t\.jsonl names image '\.\./other\.jpg'"):
-        ImageDataModule("jsonl", str(tmp_path / "data" / "t.jsonl"), image_size=32).info
+        _ = ImageDataModule("jsonl", str(tmp_path / "data" / "t.jsonl"), image_size=32).info
     data = ImageDataModule("jsonl", str(tmp_path / "data" / "t.jsonl"), image_size=32,
                            dataset_options={"allow_outside_paths": True}, val_fraction=0.01)
     assert data.classes == ["a", "b"]

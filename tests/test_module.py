@@ -81,7 +81,7 @@ def test_freezing_keeps_the_backbone_then_trains_it_without_changing_the_schedul
 def test_resume_from_last_continues_the_schedule(tmp_path):
     straight = Recorder()
     full, _, _ = _fit(tmp_path / "straight", callbacks=[straight], trainer_kwargs={"max_epochs": 2})
-    first, _, data = _fit(tmp_path / "resumed", trainer_kwargs={"max_epochs": 1})
+    _, _, data = _fit(tmp_path / "resumed", trainer_kwargs={"max_epochs": 1})
     last = tmp_path / "resumed" / "logs" / "version_0" / "checkpoints" / "last.ckpt"
     resumed_rec = Recorder()
     model = TResNetClassifier.from_datamodule(data, arch="tresnet_m", pretrained=None)

@@ -20,11 +20,11 @@ from .thresholds import Thresholds, tune_thresholds
 log = logging.getLogger(__name__)
 
 TASKS = ("single_label", "multi_label")
+LOSSES = ("auto", "cross_entropy", "asl", "bce", "asl_single")
 # For values every process already holds (synchronised torchmetrics results, thresholds tuned on
 # gathered scores): "max" of equal numbers returns them exactly (a mean could be off by an ulp),
 # and Lightning no longer warns that an unsynchronised epoch value is logged.
 SAME_ON_EVERY_RANK: dict[str, Any] = {"sync_dist": True, "reduce_fx": "max"}
-LOSSES = ("auto", "cross_entropy", "asl", "bce", "asl_single")
 
 
 class TResNetClassifier(pl.LightningModule):
@@ -58,7 +58,7 @@ class TResNetClassifier(pl.LightningModule):
         sync_norm: with several processes, compute batch-norm statistics over all of them
             (in-place ABN included; Lightning's ``sync_batchnorm`` does not know these layers).
         checkpoint_every_n_steps: also write ``last.ckpt`` every N optimizer steps, so a crash
-            loses at most N steps (None: only at the end of each epoch's validation).
+            loses at most N steps (None: only at the end of every epoch).
     """
 
     def __init__(
@@ -97,7 +97,7 @@ class TResNetClassifier(pl.LightningModule):
         compile: bool = False,
         plots: bool = True,
         sync_norm: bool = False,
-        checkpoint_every_n_steps: Optional[int] = None,
+        checkpoint_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
         _check_choice("task", task, TASKS)

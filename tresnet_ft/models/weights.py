@@ -108,7 +108,7 @@ def download_from_hub(name: str) -> Path:
                                       + f" ({type(err).__name__})") from None
 
 
-def download_url(url: str, cache_dir: Optional[Path] = None) -> Path:
+def download_url(url: str, cache_dir: Path | None = None) -> Path:
     """Fetch a weights file from ``url`` into ``cache_dir`` (once), with a progress bar.
 
     ``cache_dir`` defaults to ``$TRESNET_FT_WEIGHTS`` or ``~/.cache/tresnet-ft/weights``.
