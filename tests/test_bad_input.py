@@ -254,6 +254,7 @@ def test_no_network_for_a_dataset_download(tmp_path, caplog, monkeypatch):
     assert "cifar-10-python.tar.gz" in message and "MD5" in message
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_the_run_at_that_step_and_names_the_causes(caplog):
     # A learning rate of 1e30 sends the weights to infinity after the first step.
     message = error_line(
@@ -285,6 +286,7 @@ def test_a_trainer_setting_lightning_refuses_is_one_line(caplog):
     assert "GPU" in message or "gpu" in message
 
 
+@pytest.mark.slow
 def test_turning_the_progress_bar_off_works_with_the_default_throughput_bar(caplog):
     caplog.clear()
     assert (
