@@ -135,6 +135,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, single_process):
         "distributed_backend=gloo" in proc.stderr
         and "Starting with 2 processes" in proc.stderr
     )
+    assert proc.stderr.count("Run folder:") == 1  # reported by rank 0 only
     _check_against_single_process(
         tmp_path / "runs" / "quickstart" / "version_0", ranks, single_process
     )

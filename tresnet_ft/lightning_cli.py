@@ -74,10 +74,11 @@ def run_cli(args: Sequence[str], run_name: str, run: bool = True) -> TResNetCLI:
 
 def _report(cli: TResNetCLI, run_name: str) -> None:
     trainer = cli.trainer
+    log_dir = trainer.log_dir  # a collective with several processes: every rank asks
     if not trainer.is_global_zero:  # one report per run, not one per process
         return
-    if trainer.log_dir:
-        log.info("Run folder: %s", trainer.log_dir)
+    if log_dir:
+        log.info("Run folder: %s", log_dir)
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
     if best:
         log.info("Best checkpoint: %s", best)
