@@ -365,6 +365,48 @@ def test_jsonl_with_list_labels(tmp_path):
     assert val.targets.tolist() == [[1, 1]]
 
 
+@pytest.mark.parametrize("outside", ["../elsewhere/0.jpg", "img/../../elsewhere/0.jpg", "ABSOLUTE"])
+def test_csv_paths_leaving_the_tables_folder_are_refused_unless_allowed(tmp_path, outside):
+    table_dir = tmp_path / "tables"
+    _images(table_dir, 2)
+    write_jpeg(tmp_path / "elsewhere" / "0.jpg", 16, 16)
+    outside = str(tmp_path / "elsewhere" / "0.jpg") if outside == "ABSOLUTE" else outside
+    inside_absolute = table_dir / "img" / "1.jpg"  # absolute but inside: fine
+    (table_dir / "t.csv").write_text(
+        "image,labels,split\nimg/0.jpg,a,train\nimg/sub/../1.jpg,a,val\n"
+        f"{inside_absolute},b,train\n{outside},b,train\n"
+    )
+    with pytest.raises(ValueError) as caught:
+        load_dataset("csv", table_dir / "t.csv", "train")
+    message = str(caught.value)
+    assert f"Line 5 of {table_dir / 't.csv'} names image {outside!r}" in message
+    assert "outside the table's folder" in message and "allow_outside_paths" in message
+    with pytest.raises(ValueError, match="Line 5"):  # before any model is built
+        describe_dataset("csv", table_dir / "t.csv")
+    allowed = load_dataset("csv", table_dir / "t.csv", "train", allow_outside_paths=True)
+    assert str((tmp_path / "elsewhere" / "0.jpg").resolve()) in allowed.paths
+    info = describe_dataset("csv", table_dir / "t.csv", allow_outside_paths=True)
+    assert info.classes == ("a", "b")
+
+
+def test_jsonl_outside_path_names_its_line_and_the_datamodule_option_allows_it(tmp_path):
+    from tresnet_ft.data import ImageDataModule
+
+    _images(tmp_path / "data", 2)
+    write_jpeg(tmp_path / "other.jpg", 16, 16)
+    lines = ['{"image": "img/0.jpg", "labels": "a"}', "", '{"image": "../other.jpg", "labels": "b"}',
+             '{"image": "img/1.jpg", "labels": "b"}']
+    (tmp_path / "data" / "t.jsonl").write_text("\n".join(lines))
+    with pytest.raises(ValueError, match=r"Line 3 of .*t\.jsonl names image '\.\./other\.jpg'"):
+        _ = ImageDataModule("jsonl", str(tmp_path / "data" / "t.jsonl"), image_size=32).info
+    data = ImageDataModule("jsonl", str(tmp_path / "data" / "t.jsonl"), image_size=32,
+                           dataset_options={"allow_outside_paths": True}, val_fraction=0.01)
+    assert data.classes == ["a", "b"]
+    data.setup("fit")
+    listed = data.datasets["train"].dataset.paths + data.datasets["val"].dataset.paths
+    assert str((tmp_path / "other.jpg").resolve()) in listed
+
+
 # -- quickstart and the registry ---------------------------------------------------------------
 
 
@@ -409,3 +451,19 @@ def test_every_registered_dataset_describes_and_unknown_names_fail(tmp_path):
         load_dataset("folder")
     with pytest.raises(ValueError, match="does not take options"):
         load_dataset("flowers102", tmp_path, val_fraction=0.1)
+
+
+def test_a_doctored_cifar_pickle_is_refused_without_running_code(tmp_path):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    archive, _ = write_cifar_archive(tmp_path, cifar.CIFAR10, per_file=4)
+    extract_archive(archive, tmp_path, progress=False)
+    batch = tmp_path / cifar.CIFAR10.folder / next(iter(cifar.CIFAR10.train_files))
+    batch.write_bytes(pickle.dumps({"data": Payload(), "labels": [0]}, protocol=2))
+    with pytest.raises(ValueError, match=r"Refusing to read .*data_batch_1: it references io\.open"):
+        load_dataset("cifar10", tmp_path, "train", download=False)
+    assert not (tmp_path / "pwned").exists()

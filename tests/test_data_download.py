@@ -195,3 +195,52 @@ def test_non_archive_is_rejected(tmp_path):
     path.write_bytes(b"not an archive at all")
     with pytest.raises(ValueError, match="neither"):
         extract_archive(path, tmp_path / "dest", progress=False)
+
+
+
+def test_a_corrupt_cached_archive_is_detected_by_checksum_and_replaced(tmp_path):
+    """An archive left in the dataset folder (a copy cut short, a flipped bit) whose files were
+    never extracted: its MD5 gives it away, and it is downloaded again and extracted."""
+    archive = _tar(tmp_path / "toy.tar.gz", [_member("toy/labels.txt")], payload=b"cat\ndog\n")
+    good = archive.read_bytes()
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "toy.tar.gz").write_bytes(good[: len(good) // 2])
+    with serve_files({"toy.tar.gz": good}) as server:
+        sources = [RemoteFile(server.url("toy.tar.gz"), "toy.tar.gz", hashlib.md5(good).hexdigest(), ".")]
+        ensure_dataset_files("toyset", folder, ["toy/labels.txt"], sources, download=True, progress=False)
+        assert server.requests == [("/toy.tar.gz", None)]  # a fresh download, not a resume of the bad file
+    assert (folder / "toy.tar.gz").read_bytes() == good
+    assert (folder / "toy" / "labels.txt").read_bytes() == b"cat\ndog\n"
+
+
+def test_an_interrupted_weights_download_resumes_and_a_corrupt_cached_one_is_fetched_again(
+    tmp_path, caplog, monkeypatch
+):
+    """Pretrained weights from a URL: a cut connection leaves only a ``.part`` file (never a
+    truncated file that looks cached), the next attempt resumes it, and a cached file that no
+    longer reads is downloaded again."""
+    import torch
+    from safetensors.torch import save
+
+    from tresnet_ft import WeightsUnavailableError, create_model
+    from tresnet_ft.models.weights import download_url
+
+    state = {k: v.contiguous() for k, v in create_model("tresnet_m", 3, norm="bn").state_dict().items()}
+    blob = save(state)
+    cache = tmp_path / "cache"
+    monkeypatch.setattr("tresnet_ft.models.weights.WEIGHTS_CACHE", cache)
+    with serve_files({"m.safetensors": blob}) as server:
+        server.cut_after = [len(blob) // 3]
+        with pytest.raises(WeightsUnavailableError, match="stopped after .* run again to resume"):
+            download_url(server.url("m.safetensors"))
+        assert [p.name for p in cache.iterdir()] == ["m.safetensors.part"]
+        path = download_url(server.url("m.safetensors"), cache)
+        assert server.requests[-1] == ("/m.safetensors", f"bytes={len(blob) // 3}-")
+        assert path.read_bytes() == blob
+        path.write_bytes(blob[:1000])  # the cached copy gets damaged
+        model = create_model("tresnet_m", 3, norm="bn", pretrained=server.url("m.safetensors"),
+                             channels_last=False)
+        assert server.requests[-1] == ("/m.safetensors", None)
+    assert "is corrupt; downloading it again" in caplog.text
+    torch.testing.assert_close(model.body.conv1.conv.weight, state["body.conv1.conv.weight"])

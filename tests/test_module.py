@@ -81,8 +81,8 @@ def test_freezing_keeps_the_backbone_then_trains_it_without_changing_the_schedul
 def test_resume_from_last_continues_the_schedule(tmp_path):
     straight = Recorder()
     full, _, _ = _fit(tmp_path / "straight", callbacks=[straight], trainer_kwargs={"max_epochs": 2})
-    first, _, data = _fit(tmp_path / "resumed", trainer_kwargs={"max_epochs": 1})
-    last = first.checkpoint_callback.last_model_path
+    _, _, data = _fit(tmp_path / "resumed", trainer_kwargs={"max_epochs": 1})
+    last = tmp_path / "resumed" / "logs" / "version_0" / "checkpoints" / "last.ckpt"
     resumed_rec = Recorder()
     model = TResNetClassifier.from_datamodule(data, arch="tresnet_m", pretrained=None)
     resumed = tiny_trainer(tmp_path / "resumed", max_epochs=2, callbacks=[resumed_rec])
@@ -106,3 +106,34 @@ def test_mismatched_task_is_a_clear_error(tmp_path):
     model = TResNetClassifier(arch="tresnet_m", num_classes=5, task="single_label")
     with pytest.raises(ValueError, match="from_datamodule"):
         tiny_trainer(tmp_path).fit(model, data)
+
+
+class _NeverImproves(TResNetClassifier):
+    """Validation always reports the same top-1, so the best checkpoint is never replaced."""
+
+    def _log_metric_collection(self, metrics) -> None:
+        metrics.reset()
+        self.log("val/top1", 0.5)
+
+
+@pytest.mark.slow
+def test_last_checkpoint_is_written_every_epoch_even_without_improvement(tmp_path):
+    pl.seed_everything(0)
+    data = tiny_data()
+    model = _NeverImproves.from_datamodule(data, arch="tresnet_m", pretrained=None, plots=False,
+                                           checkpoint_every_n_steps=3)
+    saved_steps = []
+
+    class RecordSaves(Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            saved_steps.append(trainer.global_step)
+
+    trainer = tiny_trainer(tmp_path, max_epochs=2, callbacks=[RecordSaves()])
+    trainer.fit(model, data)
+    folder = tmp_path / "logs" / "version_0" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]
+    best, last = (torch.load(folder / name, weights_only=True) for name in ("best.ckpt", "last.ckpt"))
+    assert best["global_step"] == 2  # the first epoch's, never beaten
+    assert last["global_step"] == trainer.global_step == 4 and last["epoch"] == 1
+    # best at 2 only; last at every epoch end (2, 4) and every 3 steps (3)
+    assert saved_steps == [2, 2, 3, 4]

@@ -12,6 +12,7 @@ Training commands are Lightning's CLI: the recipe is the base config, later flag
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -25,7 +26,10 @@ log = logging.getLogger("tresnet_ft")
 
 TRAINING_COMMANDS = ("fit", "validate", "test")
 TOOL_COMMANDS = ("recipes", "predict", "export", "models", "smoke")
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, WeightsUnavailableError)
+# FloatingPointError: a NaN/inf loss (its message names the step and the likely causes).
+# ArgumentError: a bad training flag or config value (LightningCLI's parser raises it).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, WeightsUnavailableError,
+                                                FloatingPointError, argparse.ArgumentError)
 
 
 def _pop_option(args: list[str], name: str) -> tuple[list[str], Optional[str]]:
@@ -47,25 +51,34 @@ def _pop_option(args: list[str], name: str) -> tuple[list[str], Optional[str]]:
 def training_args(argv: Sequence[str]) -> tuple[list[str], str]:
     """Turn ``fit --recipe R [flags]`` into LightningCLI arguments with the merged recipe first.
 
-    Also maps ``--logger csv,tensorboard,wandb`` onto ``--trainer.logger`` entries. Returns the
-    arguments and the run name (the recipe's).
+    Also maps ``--logger csv,tensorboard,wandb`` onto ``--trainer.logger`` entries, and
+    ``--ckpt_path last|best`` onto the newest such checkpoint of the recipe's runs. ``fit`` from a
+    checkpoint inside a run folder continues that run: same ``version_<N>`` folder, so its
+    ``last.ckpt``, metrics and plots carry on. Returns the arguments and the run name.
     """
+    from . import loggers
     from .recipe import load_recipe, write_merged
+    from .runs import CHECKPOINT_ALIASES, find_checkpoint, run_of_checkpoint
 
     command, rest = argv[0], list(argv[1:])
     rest, recipe_name = _pop_option(rest, "--recipe")
     rest, logger_names = _pop_option(rest, "--logger")
+    rest, ckpt_path = _pop_option(rest, "--ckpt_path")
     recipe = load_recipe(recipe_name or "quickstart")
+    if ckpt_path in CHECKPOINT_ALIASES:
+        ckpt_path = str(find_checkpoint(loggers.RUNS_DIR, recipe.name, ckpt_path))
+    run = run_of_checkpoint(ckpt_path) if ckpt_path and command == "fit" else None
+    if run is not None:
+        log.info("Resuming run %s from %s", run.path, ckpt_path)
     config_dir = Path(tempfile.mkdtemp(prefix="tresnet-ft-recipe-"))
     args = [command, "--config", str(write_merged(recipe, config_dir))]
-    args += _logger_args(logger_names or "csv,tensorboard", recipe.name)
+    names = [n.strip() for n in (logger_names or "csv,tensorboard").split(",") if n.strip()]
+    args += ["--trainer.logger", loggers.logger_config(names, run.name if run else recipe.name,
+                                                       run.save_dir if run else None,
+                                                       run.version if run else None)]
+    if ckpt_path:
+        args += ["--ckpt_path", ckpt_path]
     return args + rest, recipe.name
-
-
-def _logger_args(names: str, run_name: str) -> list[str]:
-    from .loggers import logger_config
-
-    return ["--trainer.logger", logger_config([n.strip() for n in names.split(",") if n.strip()], run_name)]
 
 
 def _run_training(argv: Sequence[str]) -> int:
@@ -86,11 +99,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .tools_cli import run_tool
 
         return run_tool(argv)
-    except USER_ERRORS as err:
-        if os.environ.get("TRESNET_FT_DEBUG"):
+    except Exception as err:
+        if not _is_user_error(err) or os.environ.get("TRESNET_FT_DEBUG"):
             raise
-        log.error("error: %s", err)
+        hint = ""
+        if isinstance(err, argparse.ArgumentError) and argv and argv[0] in TRAINING_COMMANDS:
+            hint = f" (tresnet-ft {argv[0]} --help lists the options)"
+        log.error("error: %s%s", err, hint)
         return 2
+
+
+def _is_user_error(err: BaseException) -> bool:
+    """Our own user-mistake errors, and Lightning's refusals of a trainer configuration."""
+    if isinstance(err, USER_ERRORS):
+        return True
+    if "lightning" not in sys.modules:  # nothing of Lightning ran, so it cannot be its error
+        return False
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    return isinstance(err, MisconfigurationException)
 
 
 if __name__ == "__main__":

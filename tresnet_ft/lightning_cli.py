@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from typing import Any, Sequence
 
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 from .callbacks import ThroughputProgressBar
+from .checkpoint_io import SafeCheckpointIO
 from .data import ImageDataModule
+from .models.weights import read_checkpoint
 from .module import TResNetClassifier
 
 log = logging.getLogger("tresnet_ft")
@@ -21,6 +25,26 @@ class TResNetCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {name: spec for name, spec in LightningCLI.subcommands().items()
                 if name in ("fit", "validate", "test")}
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path's hyperparameters here (torch.load, weights_only=True); a
+        # file it cannot read gets our one-line explanation instead of torch's page-long one.
+        try:
+            super()._parse_ckpt_path()
+        except (pickle.UnpicklingError, RuntimeError, EOFError):
+            read_checkpoint(self.config[self.config.subcommand].get("ckpt_path"))  # raises the clear error
+            raise
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        # Atomic checkpoint writes and safe reads, unless the user chose plugins. Added here, not
+        # as a trainer default, so the saved config.yaml stays plain YAML.
+        if config.get("plugins") is None:
+            config["plugins"] = [SafeCheckpointIO()]
+        # The throughput bar is a default; --trainer.enable_progress_bar false must not clash with it.
+        if config.get("enable_progress_bar") is False:
+            defaults = [cb for cb in self.trainer_defaults.get("callbacks", []) if not isinstance(cb, ProgressBar)]
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": defaults}
+        return super()._instantiate_trainer(config, callbacks)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         # Known only once the data is described (folder/CSV: by reading the files).
@@ -47,7 +71,9 @@ def run_cli(args: Sequence[str], run_name: str, run: bool = True) -> TResNetCLI:
     args = list(args) if run else list(args)[1:]
     cli = TResNetCLI(TResNetClassifier, ImageDataModule, args=args, run=run,
                      trainer_defaults={"callbacks": [ThroughputProgressBar()]},
-                     save_config_kwargs={"overwrite": True}, parser_kwargs={"default_env": False},
+                     save_config_kwargs={"overwrite": True},
+                     # A bad flag raises (one line from tresnet_ft.cli.main), not a page of usage.
+                     parser_kwargs={"default_env": False, "exit_on_error": False},
                      auto_configure_optimizers=False)
     if run:
         _report(cli, run_name)
@@ -56,8 +82,11 @@ def run_cli(args: Sequence[str], run_name: str, run: bool = True) -> TResNetCLI:
 
 def _report(cli: TResNetCLI, run_name: str) -> None:
     trainer = cli.trainer
-    if trainer.log_dir:
-        log.info("Run folder: %s", trainer.log_dir)
+    log_dir = trainer.log_dir  # a collective with several processes: every rank asks
+    if not trainer.is_global_zero:  # one report per run, not one per process
+        return
+    if log_dir:
+        log.info("Run folder: %s", log_dir)
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
     if best:
         log.info("Best checkpoint: %s", best)

@@ -1,14 +1,21 @@
 """Experiment loggers for ``tresnet-ft fit``: CSV and TensorBoard by default, W&B on request.
 
 Every logger of a run writes into one folder, ``runs/<recipe>/version_<N>``, next to the
-checkpoints and plots.
+checkpoints and plots. A resumed run (``--ckpt_path last``) writes into the folder of the run it
+continues; its CSV file then reads as if the run had never stopped (:class:`ResumableCSVLogger`).
 """
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +44,23 @@ def _entry(class_name: str, **init_args: object) -> dict:
     return {"class_path": f"lightning.pytorch.loggers.{class_name}", "init_args": init_args}
 
 
-def logger_config(names: list[str], run_name: str, runs_dir: Path = RUNS_DIR) -> str:
-    """The ``--trainer.logger`` value (a JSON list of class_path entries) for ``names``."""
+def logger_config(names: list[str], run_name: str, runs_dir: Path | None = None,
+                  version: int | None = None) -> str:
+    """The ``--trainer.logger`` value (a JSON list of class_path entries) for ``names``.
+
+    ``version``: the ``version_<N>`` folder to write into (a resumed run's); None: a new one.
+    """
     unknown = sorted(set(names) - set(KNOWN_LOGGERS))
     if unknown:
         raise ValueError(f"Unknown logger(s) {unknown}: expected some of {list(KNOWN_LOGGERS)}, "
                          "e.g. --logger csv,tensorboard,wandb.")
-    version = next_version(run_name, runs_dir)
+    runs_dir = RUNS_DIR if runs_dir is None else runs_dir
+    version = next_version(run_name, runs_dir) if version is None else version
     common = {"save_dir": str(runs_dir), "name": run_name, "version": version}
     entries = []
-    # CSV first: it warns when its folder already holds files, TensorBoard does not.
+    # CSV first: checkpoints go to the first logger's folder.
     if "csv" in names:
-        entries.append(_entry("CSVLogger", **common))
+        entries.append({"class_path": f"{__name__}.ResumableCSVLogger", "init_args": common})
     if "tensorboard" in names:
         entries.append(_entry("TensorBoardLogger", **common, default_hp_metric=False))
     if "wandb" in names:
@@ -59,3 +71,62 @@ def logger_config(names: list[str], run_name: str, runs_dir: Path = RUNS_DIR) ->
                               save_dir=str(runs_dir / run_name / f"version_{version}"),
                               offline=not online, log_model=online))
     return json.dumps(entries)
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued, not deleted.
+
+    At the first save, rows of the earlier attempt from the first step now being logged onward
+    are dropped: those steps ran after the checkpoint the run resumed from and are run again.
+    """
+
+    def _check_log_dir_exists(self) -> None:  # called by __init__; the base deletes metrics.csv
+        self._continues = self._fs.isfile(self.metrics_file_path)
+
+    def save(self) -> None:
+        if self._continues and self.metrics:
+            self._continues = False
+            self._drop_rows_from(min(row["step"] for row in self.metrics))
+        super().save()
+
+    def _drop_rows_from(self, first_step: int) -> None:
+        with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+            reader = csv.DictReader(handle)
+            keys, rows = list(reader.fieldnames or []), list(reader)
+        kept = [row for row in rows if _step(row) < first_step]
+        self.metrics_keys = sorted(set(keys) | set(self.metrics_keys))
+        with self._fs.open(self.metrics_file_path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(kept)
+        if len(kept) < len(rows):
+            log.info("Resumed run: dropped %d row(s) of %s logged after the checkpoint (steps >= %d).",
+                     len(rows) - len(kept), self.metrics_file_path, first_step)
+
+
+def _step(row: dict[str, str]) -> float:
+    try:
+        return float(row.get("step") or "-inf")
+    except ValueError:
+        return float("-inf")
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's :class:`~lightning.pytorch.loggers.CSVLogger` for runs that may be resumed.
+
+    * Rows are flushed to ``metrics.csv`` whenever a checkpoint is written, so the file holds
+      everything up to the checkpoint a crashed run resumes from.
+    * Resuming into the same folder continues ``metrics.csv`` (Lightning's logger deletes it),
+      dropping only the rows of steps that are run again.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        self.save()

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 TASKS = ("single_label", "multi_label")
 LOSSES = ("auto", "cross_entropy", "asl", "bce", "asl_single")
+# For values every process already holds (synchronised torchmetrics results, thresholds tuned on
+# gathered scores): "max" of equal numbers returns them exactly (a mean could be off by an ulp),
+# and Lightning no longer warns that an unsynchronised epoch value is logged.
+SAME_ON_EVERY_RANK: dict[str, Any] = {"sync_dist": True, "reduce_fx": "max"}
 
 
 class TResNetClassifier(pl.LightningModule):
@@ -53,6 +57,8 @@ class TResNetClassifier(pl.LightningModule):
         plots: write curves, confusion matrix / AP and worst predictions as PNG (and to loggers).
         sync_norm: with several processes, compute batch-norm statistics over all of them
             (in-place ABN included; Lightning's ``sync_batchnorm`` does not know these layers).
+        checkpoint_every_n_steps: also write ``last.ckpt`` every N optimizer steps, so a crash
+            loses at most N steps (None: only at the end of every epoch).
     """
 
     def __init__(
@@ -91,10 +97,15 @@ class TResNetClassifier(pl.LightningModule):
         compile: bool = False,
         plots: bool = True,
         sync_norm: bool = False,
+        checkpoint_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
         _check_choice("task", task, TASKS)
+        if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
+            raise ValueError(f"Expected checkpoint_every_n_steps to be a positive integer or None, but got "
+                             f"{checkpoint_every_n_steps}.")
         _check_choice("loss", loss, LOSSES)
+        _check_image_size(image_size)
         if classes is not None and len(classes) != num_classes:
             raise ValueError(f"Expected {num_classes} class names, but got {len(classes)}.")
         self.save_hyperparameters()
@@ -125,9 +136,14 @@ class TResNetClassifier(pl.LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         callbacks: list[Callback] = [
-            ModelCheckpoint(monitor=self.monitor, mode="max", filename="best", save_last=True,
-                            auto_insert_metric_name=False),
+            ModelCheckpoint(monitor=self.monitor, mode="max", filename="best", auto_insert_metric_name=False,
+                            enable_version_counter=False),  # a resumed run overwrites its own best.ckpt
+            # Lightning's save_last=True skips epochs that did not improve the metric: last.ckpt has
+            # callbacks of its own, every epoch and (optionally) every N steps.
+            _last_checkpoint(every_n_epochs=1, save_on_train_epoch_end=True),
         ]
+        if self.hparams.checkpoint_every_n_steps:
+            callbacks.append(_last_checkpoint(every_n_train_steps=self.hparams.checkpoint_every_n_steps))
         if self.trainer.loggers:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.hparams.plots:
@@ -173,8 +189,11 @@ class TResNetClassifier(pl.LightningModule):
                 f"The training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}). "
                 "Likely causes: a learning rate too high for this batch size, or fp16 overflow "
                 "(try --trainer.precision bf16-mixed or 32, or a lower --model.lr).")
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+        # sync_dist: with several processes the epoch value is the mean over all of them, not rank 0's.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0],
+                 sync_dist=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True,
+                 sync_dist=True)
         return loss
 
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -213,7 +232,7 @@ class TResNetClassifier(pl.LightningModule):
         values = metrics.compute()  # torchmetrics has already synchronised across processes
         for key, value in values.items():
             if value.numel() == 1:
-                self.log(key, value, prog_bar=key.endswith(("/top1", "/mAP")))
+                self.log(key, value, prog_bar=key.endswith(("/top1", "/mAP")), **SAME_ON_EVERY_RANK)
         metrics.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -235,7 +254,7 @@ class TResNetClassifier(pl.LightningModule):
             targets = self.all_gather(targets).flatten(0, 1)
         self.thresholds = tune_thresholds(scores.float().cpu(), targets.float().cpu())
         self.log_dict({"val/f1_default": self.thresholds.f1_before, "val/f1_global": self.thresholds.f1_global,
-                       "val/f1_tuned": self.thresholds.f1_after})
+                       "val/f1_tuned": self.thresholds.f1_after}, **SAME_ON_EVERY_RANK)
 
     # -- optimisation -------------------------------------------------------------------------
 
@@ -280,10 +299,33 @@ class TResNetClassifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get(METADATA_KEY) or {}
+        self._check_checkpoint_fits(meta, checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY) or {})
         if meta.get("thresholds"):
             self.thresholds = Thresholds.from_dict(meta["thresholds"])
         if meta.get("classes"):
             self.classes = list(meta["classes"])
+
+    def _check_checkpoint_fits(self, meta: dict[str, Any], hparams: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another task, class list, architecture, head or norm before its
+        weights are loaded (Lightning's own error would be a wall of tensor size mismatches)."""
+        classes = meta.get("classes", hparams.get("classes"))
+        theirs = {"task": meta.get("task", hparams.get("task")),
+                  "num_classes": len(classes) if classes is not None else hparams.get("num_classes"),
+                  "classes": classes,
+                  "arch": meta.get("arch", str(hparams.get("arch") or "").split(".")[0] or None),
+                  "head": meta.get("head", hparams.get("head")), "norm": meta.get("norm", hparams.get("norm"))}
+        ours = {"task": self.task, "num_classes": self.hparams.num_classes,
+                "classes": self.classes if self.hparams.classes is not None else None,  # None: unnamed
+                "arch": self.hparams.arch.split(".")[0], "head": self.hparams.head, "norm": self.hparams.norm}
+        differ = [key for key in ours if None not in (theirs[key], ours[key])
+                  and _as_list(theirs[key]) != _as_list(ours[key])]
+        if differ:
+            path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+            raise ValueError(
+                f"The checkpoint {path or ''} does not fit this run ({', '.join(differ)} differ): it holds "
+                f"{_describe_setup(theirs)}, but this run has {_describe_setup(ours)}. Fix: use the data and "
+                "--model settings it was trained with, or start from its weights with --model.pretrained CKPT "
+                "instead of --ckpt_path (a head of another size is then re-initialised).")
 
     @classmethod
     def from_datamodule(cls, datamodule: Any, **kwargs: Any) -> "TResNetClassifier":
@@ -293,6 +335,32 @@ class TResNetClassifier(pl.LightningModule):
                         image_size=config.image_size, eval_crop=config.eval_crop, mean=tuple(config.mean),
                         std=tuple(config.std))
         return cls(**{**defaults, **kwargs})
+
+
+def _last_checkpoint(**trigger: Any) -> ModelCheckpoint:
+    """A callback that writes ``last.ckpt`` (the newest state, whatever the metric did) at ``trigger``."""
+    return ModelCheckpoint(filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1,
+                           enable_version_counter=False, **trigger)
+
+
+def _as_list(value: Any) -> Any:
+    """Tuples and lists compare equal when their items do (checkpoints store lists)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _describe_setup(setup: dict[str, Any]) -> str:
+    classes = setup["classes"]
+    shown = f"{setup['num_classes']} classes" + ("" if classes is None else
+                                                  f" {list(classes)[:5]}{' ...' if len(classes) > 5 else ''}")
+    return f"{setup['task']}, {shown}, {setup['arch']} with a {setup['head']} head and {setup['norm']} norms"
+
+
+def _check_image_size(size: int) -> None:
+    """TResNet halves the resolution five times; checked here so a bad size fails before training."""
+    if size % 32:
+        lower, upper = max(32, size // 32 * 32), size // 32 * 32 + 32
+        raise ValueError(f"Expected image_size to be a multiple of 32 (TResNet downsamples by 32), but got {size}. "
+                         f"Fix: --data.image_size {lower} or {upper}.")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

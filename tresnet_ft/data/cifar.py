@@ -245,7 +245,30 @@ def _read_batches(spec: CifarSpec, root: Path, names: list[str]) -> tuple[np.nda
     return images, labels
 
 
+# What the published CIFAR pickles reference: NumPy arrays and the byte-string codec. Anything
+# else (a class or function that would run on load) is refused, so a doctored file cannot run code.
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it references {module}.{name}, which a CIFAR batch never does")
+        return super().find_class(module, name)
+
+
 def _read_pickle(path: Path) -> dict:
     with open(path, "rb") as handle:
-        # The archives were pickled by Python 2; latin1 maps its byte strings one-to-one.
-        return pickle.load(handle, encoding="latin1")
+        try:
+            # The archives were pickled by Python 2; latin1 maps its byte strings one-to-one.
+            return _ArraysOnlyUnpickler(handle, encoding="latin1").load()
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"Refusing to read {path}: {error}, and unpickling it could run code. Fix: delete "
+                f"the folder {path.parent} and let it be downloaded again (or extract the official "
+                "archive there yourself)."
+            ) from None

@@ -1,7 +1,10 @@
 """Images listed in a CSV or JSONL file, with one or several tags each.
 
-Columns (CSV header or JSONL keys): ``image`` (a path relative to the file, or absolute),
-``labels`` and optionally ``split`` (``train``/``val``/``test``). In a CSV, the tags in
+Columns (CSV header or JSONL keys): ``image`` (a path relative to the file's folder), ``labels``
+and optionally ``split`` (``train``/``val``/``test``). An image path may not leave the file's folder
+(an absolute path elsewhere, or ``..`` climbing out): a table from someone else cannot make
+training read arbitrary files. ``allow_outside_paths=True`` (``dataset_options``) lifts this for
+your own tables; the check is on the path as written, so symlinks inside the folder are followed. In a CSV, the tags in
 ``labels`` are split on ``;`` if any row uses it, else on ``|``, else on whitespace; in JSONL
 ``labels`` may also be a list. If any row has more or fewer than one tag, the task is multi-label.
 Without a ``split`` column, ``val`` is a deterministic holdout. Missing image files are an error
@@ -60,23 +63,28 @@ def resolve_table(root: Path) -> Path:
     return found[0]
 
 
-def read_table(root: Path) -> TagTable:
-    """Parse the file and check every listed image exists.
+def read_table(root: Path, allow_outside_paths: bool = False) -> TagTable:
+    """Parse the file and check every listed image exists (and stays inside the file's folder).
 
     Raises:
-        ValueError: a required column is missing, or a split value is unknown.
+        ValueError: a required column is missing, a split value is unknown, or an image path
+            leaves the file's folder while ``allow_outside_paths`` is False.
         FileNotFoundError: rows point to missing images (the first few are listed).
     """
     path = resolve_table(root)
-    rows = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else _read_csv(path)
+    rows, lines = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else _read_csv(path)
     if not rows:
         raise ValueError(f"Expected at least one row in {path}, but it is empty.")
     for column in ("image", "labels"):
         if column not in rows[0]:
             raise ValueError(
-                f"Expected an {column!r} column in {path}, but got columns {sorted(rows[0])}."
+                f"Expected a {column!r} column in {path}, but got columns {sorted(rows[0])}. Fix: "
+                "name the columns 'image' (paths relative to the file) and 'labels' (the tags)."
             )
-    images = [str((path.parent / str(row["image"]).strip()).resolve()) for row in rows]
+    written = [str(row["image"]).strip() for row in rows]
+    if not allow_outside_paths:
+        _check_inside_folder(path, written, lines)
+    images = [str((path.parent / image).resolve()) for image in written]
     missing = [image for image in images if not Path(image).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -86,16 +94,19 @@ def read_table(root: Path) -> TagTable:
     return TagTable(path, images, _split_tags(rows), _read_splits(rows, path))
 
 
-def describe_table(root: Path, multi_label: bool | None = None) -> DatasetInfo:
+def describe_table(
+    root: Path, multi_label: bool | None = None, allow_outside_paths: bool = False
+) -> DatasetInfo:
     """Task and class names from the training rows."""
-    table = read_table(root)
+    table = read_table(root, allow_outside_paths)
     train = _split_rows(table, "train", 0.1, 0)
     return DatasetInfo(_task(table, multi_label), tuple(_classes(table, train)))
 
 
 def prepare_table(root: Path, download: bool = False, progress: bool = True) -> None:
-    """Check the table parses and its images exist (nothing to download)."""
-    read_table(root)
+    """Check the table parses and its images exist (nothing to download). Where the images may
+    live is checked by :func:`describe_table` and :func:`load_table`, which get the options."""
+    read_table(root, allow_outside_paths=True)
 
 
 def load_table(
@@ -104,6 +115,7 @@ def load_table(
     val_fraction: float = 0.1,
     seed: int = 0,
     multi_label: bool | None = None,
+    allow_outside_paths: bool = False,
 ) -> ImageFileDataset:
     """Load one split of a CSV/JSONL tag table.
 
@@ -111,9 +123,10 @@ def load_table(
         val_fraction: holdout share for ``val`` when the file has no ``split`` column.
         seed: changes which rows the holdout picks.
         multi_label: force the task; None decides from the tag counts.
+        allow_outside_paths: accept image paths outside the file's folder (absolute, or ``..``).
     """
     check_split(split)
-    table = read_table(root)
+    table = read_table(root, allow_outside_paths)
     task = _task(table, multi_label)
     train_rows = _split_rows(table, "train", val_fraction, seed)
     classes = _classes(table, train_rows)
@@ -125,13 +138,19 @@ def load_table(
     return ImageFileDataset(paths, targets, classes, task)
 
 
-def _read_csv(path: Path) -> list[dict]:
+def _read_csv(path: Path) -> tuple[list[dict], list[int]]:
+    """The rows and the line each one ends on."""
+    rows, lines = [], []
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        return list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        for row in reader:
+            rows.append(row)
+            lines.append(reader.line_num)
+    return rows, lines
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
+def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
+    rows, lines = [], []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
             try:
@@ -140,7 +159,27 @@ def _read_jsonl(path: Path) -> list[dict]:
                 raise ValueError(
                     f"Expected one JSON object per line in {path}, but line {number} is not: {error}."
                 ) from error
-    return rows
+            lines.append(number)
+    return rows, lines
+
+
+def _check_inside_folder(path: Path, images: list[str], lines: list[int]) -> None:
+    """Refuse image paths that leave ``path``'s folder, as written (before following symlinks)."""
+    folder = path.parent.resolve()
+    outside = [
+        (line, image)
+        for line, image in zip(lines, images)
+        if not Path(os.path.normpath(folder / image)).is_relative_to(folder)
+    ]
+    if outside:
+        line, image = outside[0]
+        more = f" (and {len(outside) - 1} more row(s))" if len(outside) > 1 else ""
+        raise ValueError(
+            f"Line {line} of {path} names image {image!r}, which is outside the table's folder "
+            f"{folder}{more}. Image paths must stay inside it. Fix: move the images under that "
+            "folder, or, for a table you trust, allow it: dataset_options {allow_outside_paths: true} "
+            "(--data.dataset_options '{\"allow_outside_paths\": true}')."
+        )
 
 
 def _split_tags(rows: list[dict]) -> list[list[str]]:

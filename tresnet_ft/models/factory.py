@@ -9,8 +9,15 @@ from typing import Any, Optional, Union
 import torch
 
 from .tresnet import ARCHS, TResNet
-from .weights import (PRETRAINED, default_tag, download_from_hub, download_url, read_checkpoint,
-                      to_timm_keys)
+from .weights import (
+    PRETRAINED,
+    CorruptCheckpointError,
+    default_tag,
+    download_from_hub,
+    download_url,
+    read_checkpoint,
+    to_timm_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,19 @@ def _fetch(source: str) -> Path:
     return Path(source).expanduser()
 
 
+def _read_fetched(source: str) -> Any:
+    """Fetch and read ``source``; a corrupt file in the URL download cache is fetched once more."""
+    path = _fetch(source)
+    try:
+        return read_checkpoint(path)
+    except CorruptCheckpointError:
+        if "://" not in source:
+            raise
+        log.warning("The cached download %s of %s is corrupt; downloading it again.", path, source)
+        path.unlink()
+        return read_checkpoint(_fetch(source))
+
+
 def load_pretrained(model: TResNet, source: Union[str, Path]) -> TResNet:
     """Load weights from a published ``arch.tag``, a URL or a file into ``model`` (in place).
 
@@ -57,7 +77,7 @@ def load_pretrained(model: TResNet, source: Union[str, Path]) -> TResNet:
     type) keeps its fresh initialisation, with one log line. Any other missing or unexpected key
     is an error listing them.
     """
-    state = to_timm_keys(read_checkpoint(_fetch(str(source))))
+    state = to_timm_keys(_read_fetched(str(source)))
     own = model.state_dict()
     head_state = {k: v for k, v in state.items() if k.startswith("head.")}
     own_head = {k: v for k, v in own.items() if k.startswith("head.")}

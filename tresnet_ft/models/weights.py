@@ -12,6 +12,7 @@ Nothing is ever unpickled beyond tensors: ``torch.load(weights_only=True)`` or s
 """
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import pickle
@@ -35,6 +36,10 @@ class UnsafeCheckpointError(ValueError):
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights could not be fetched (offline, or no such file)."""
+
+
+class CorruptCheckpointError(ValueError):
+    """The file is truncated or not a checkpoint at all (an interrupted copy, a disk that filled up)."""
 
 
 @dataclass(frozen=True)
@@ -103,18 +108,25 @@ def download_from_hub(name: str) -> Path:
                                       + f" ({type(err).__name__})") from None
 
 
-def download_url(url: str, cache_dir: Path = WEIGHTS_CACHE) -> Path:
-    """Fetch a weights file from ``url`` into ``cache_dir`` (once), with a progress bar."""
+def download_url(url: str, cache_dir: Path | None = None) -> Path:
+    """Fetch a weights file from ``url`` into ``cache_dir`` (once), with a progress bar.
+
+    ``cache_dir`` defaults to ``$TRESNET_FT_WEIGHTS`` or ``~/.cache/tresnet-ft/weights``.
+    Bytes go to ``<name>.part`` and the file appears only once complete, so an interrupted
+    download never looks like a cached file; the next call resumes it (HTTP Range) or restarts.
+    """
+    # Plain Python, imported late: `import tresnet_ft.models` stays light.
+    from ..data.download import download_file
+
+    cache_dir = WEIGHTS_CACHE if cache_dir is None else Path(cache_dir)
     target = cache_dir / Path(url.split("?")[0]).name
     if target.exists():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
     try:
-        torch.hub.download_url_to_file(url, str(target), progress=True)
-    except (urllib.error.URLError, OSError) as err:
+        return download_file(url, target, md5=None, progress=True)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:  # OSError: ConnectionError, timeouts
         raise WeightsUnavailableError(_offline_message(f"weights from {url}", str(cache_dir))
                                       + f" ({err})") from None
-    return target
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -125,16 +137,17 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
     Raises:
         FileNotFoundError: no such file.
         UnsafeCheckpointError: the file needs arbitrary unpickling (possibly malicious).
+        CorruptCheckpointError: the file is truncated or not a checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Weights file {path} does not exist. Check the path, or pass a "
                                 f"published tag instead (see tresnet_ft.list_pretrained()).")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(
@@ -142,6 +155,14 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
             "unpickling them could run arbitrary code. Fix: if you trust its author, re-save just "
             "the state dict (torch.save(model.state_dict(), ...)) or convert it to .safetensors. "
             f"Details: {str(err).splitlines()[0]}") from None
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 (torch: RuntimeError/EOFError; safetensors: SafetensorError)
+        first_line = (str(err).splitlines() or [type(err).__name__])[0][:160]
+        raise CorruptCheckpointError(
+            f"Could not read {path} ({path.stat().st_size} bytes): it is truncated or not a checkpoint "
+            f"({type(err).__name__}: {first_line}). Fix: copy or download it again; a file in a "
+            "download cache can simply be deleted.") from None
 
 
 def _unwrap(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,121 @@
+"""How training checkpoints reach the disk and come back: atomically, and without running code.
+
+Lightning's own ``TorchCheckpointIO`` writes through an fsspec transaction whose temporary file
+lives in the system temp folder. When that folder is on another filesystem than the run folder
+(a tmpfs ``/tmp``, a container volume), the final step is a copy, not a rename: a process killed
+during the copy leaves a truncated ``last.ckpt``, and the temporary file (hundreds of MB) stays
+in ``/tmp``. :class:`SafeCheckpointIO` writes next to the target instead and renames.
+
+Reading uses ``torch.load(weights_only=True)`` whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says,
+so ``--ckpt_path`` never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from .models.weights import read_checkpoint
+
+LIGHTNING_VERSION_KEY = (
+    "pytorch-lightning_version"  # in every checkpoint Lightning writes
+)
+
+
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place (hidden, same folder)."""
+    return path.with_name(f".{path.name}.partial")
+
+
+def save_atomically(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` to a hidden file in ``path``'s folder, flush it to disk, then rename it.
+
+    ``os.replace`` is atomic within a filesystem: readers see the old file or the new one, never
+    a mix. A crash before the rename leaves the old file intact and a stale ``.partial``, which
+    the next save of the same path overwrites; an exception removes the ``.partial`` at once.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(path)
+    try:
+        with open(partial, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    _sync_folder(path.parent)
+    return path
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable (a power cut could otherwise lose it); POSIX only."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO for local files: atomic writes (:func:`save_atomically`) and reads
+    that refuse pickled objects beyond tensors and plain values.
+
+    The ``tresnet-ft`` command and :func:`tresnet_ft.fit` install it. With your own Trainer:
+    ``pl.Trainer(plugins=[SafeCheckpointIO()])``. Remote paths (``s3://`` ...) go to Lightning's
+    own implementation.
+    """
+
+    def save_checkpoint(
+        self,
+        checkpoint: dict[str, Any],
+        path: _PATH,
+        storage_options: Any | None = None,
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        save_atomically(checkpoint, path)
+
+    def load_checkpoint(
+        self,
+        path: _PATH,
+        map_location: Callable | None = None,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """Read ``path`` with ``weights_only=True``.
+
+        Raises:
+            FileNotFoundError: no such file (the message says where checkpoints are written).
+            UnsafeCheckpointError: the file holds pickled objects beyond tensors and plain values.
+        """
+        if "://" in str(path):
+            return super().load_checkpoint(
+                path, map_location=map_location, weights_only=True
+            )
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"Checkpoint {path} does not exist. Fix: pass a file written by `tresnet-ft fit` "
+                "(runs/<recipe>/version_<N>/checkpoints/last.ckpt or best.ckpt), or --ckpt_path last "
+                "to continue the latest run of the recipe."
+            )
+        checkpoint = dict(read_checkpoint(path))
+        if LIGHTNING_VERSION_KEY not in checkpoint:
+            raise ValueError(
+                f"{path} is not a training checkpoint: it has no training state (keys {sorted(checkpoint)[:6]}). "
+                f"Fix: to start from its weights, pass --model.pretrained {path} instead; --ckpt_path takes "
+                "the last.ckpt or best.ckpt that `tresnet-ft fit` writes."
+            )
+        return checkpoint
+
+
+__all__ = ["SafeCheckpointIO", "partial_path", "save_atomically"]
