@@ -54,14 +54,6 @@ class TResNetCLI(LightningCLI):
         for key in ("image_size", "eval_crop", "mean", "std"):
             parser.link_arguments(f"data.{key}", f"model.{key}")
 
-    def instantiate_trainer(self, **kwargs: Any) -> Any:
-        # The images/s bar is a default, not a requirement: `--trainer.enable_progress_bar false`
-        # must turn every bar off instead of failing on ours.
-        trainer_config = self._get(self.config_init, "trainer", default={})
-        if trainer_config.get("enable_progress_bar") is False:
-            self.trainer_defaults = {k: v for k, v in self.trainer_defaults.items() if k != "callbacks"}
-        return super().instantiate_trainer(**kwargs)
-
 
 def run_cli(args: Sequence[str], run_name: str, run: bool = True) -> TResNetCLI:
     """Run ``fit|validate|test`` with LightningCLI arguments ``args``; report where things went.
