@@ -418,6 +418,15 @@ def test_quickstart_is_deterministic_and_balanced():
     assert first[0][0].shape == (64, 64, 3) and first[0][0].dtype == np.uint8
 
 
+def test_quickstart_sizes_by_split():
+    sizes = {"train": 40}
+    assert len(load_dataset("quickstart", split="train", num_images=sizes)) == 40
+    assert len(load_dataset("quickstart", split="val", num_images=sizes)) == 100  # its default
+    assert len(load_dataset("quickstart", split="val", num_images=12)) == 12  # one count for all
+    with pytest.raises(ValueError, match="num_images keys"):
+        load_dataset("quickstart", split="train", num_images={"training": 40})
+
+
 def test_quickstart_multilabel_shapes_are_drawn_where_targets_say():
     dataset = load_dataset("quickstart_multilabel", split="train", num_images=30, image_size=96)
     assert dataset.task == "multi_label" and dataset.classes == [

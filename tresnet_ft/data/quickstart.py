@@ -8,6 +8,8 @@ shapes per image and the target marks which kinds are present.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import cv2
 import numpy as np
 
@@ -151,10 +153,19 @@ _DIAMOND = ((0.0, -1.0), (1.0, 0.0), (0.0, 1.0), (-1.0, 0.0))
 def load_quickstart(
     root: object,
     split: str,
-    num_images: int | None = None,
+    num_images: int | Mapping[str, int] | None = None,
     image_size: int = 64,
     multi_label: bool = False,
     seed: int = 0,
 ) -> QuickstartDataset:
-    """The quickstart dataset's ``split`` (``root`` is ignored: nothing is read from disk)."""
+    """The quickstart dataset's ``split`` (``root`` is ignored: nothing is read from disk).
+
+    ``num_images`` is one count for every split, or counts by split (``{"train": 2800}``; splits
+    not named keep their default size).
+    """
+    if isinstance(num_images, Mapping):
+        unknown = sorted(set(num_images) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"Expected num_images keys among {list(SPLITS)}, but got {unknown}.")
+        num_images = num_images.get(split)
     return QuickstartDataset(split, num_images, image_size, multi_label, seed)
