@@ -84,3 +84,18 @@ def test_progress_bar_can_be_turned_off(tmp_path, monkeypatch):
     args, _ = training_args(base)
     bar = run_cli(args, "quickstart", run=False).trainer.progress_bar_callback
     assert type(bar).__name__ == "ThroughputProgressBar"
+
+
+@pytest.mark.slow
+def test_a_run_prints_each_line_once(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tresnet_ft.cli", "fit", "--recipe", "quickstart", "--logger", "csv",
+         "--trainer.max_epochs", "1", "--data.image_size", "32", "--data.dataset_options", '{"num_images": 4}',
+         "--trainer.enable_progress_bar", "false", "--model.plots", "false"],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+        env={"PATH": "", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    assert output.count("Run folder: runs/quickstart/version_0") == 1  # ours
+    assert output.count("Seed set to 0") == 1  # Lightning's
+    assert "args parameter is intended" not in output

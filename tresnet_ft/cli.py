@@ -89,9 +89,20 @@ def _run_training(argv: Sequence[str]) -> int:
     return 0
 
 
+def _show_package_logs() -> None:
+    # Our messages only: Lightning prints its own, and a root handler would print them twice.
+    package = logging.getLogger("tresnet_ft")
+    package.setLevel(logging.INFO)
+    if not any(getattr(h, "tresnet_ft", False) for h in package.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.tresnet_ft = True
+        package.addHandler(handler)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``tresnet-ft`` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _show_package_logs()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in TRAINING_COMMANDS:

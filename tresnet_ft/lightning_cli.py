@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import warnings
 from typing import Any, Sequence
 
 from lightning.pytorch.callbacks import ProgressBar
@@ -16,6 +17,10 @@ from .models.weights import read_checkpoint
 from .module import TResNetClassifier
 
 log = logging.getLogger("tresnet_ft")
+
+# We always pass the parsed recipe as `args`; Lightning's reminder that sys.argv also holds flags
+# is aimed at a different mistake and would print a page-wide line on every run.
+warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 
 
 class TResNetCLI(LightningCLI):
