@@ -4,6 +4,7 @@ passed to it with ``--trainer.callbacks+=...`` (the subprocess imports them from
 from __future__ import annotations
 
 import csv
+import logging
 import json
 import os
 import signal
@@ -15,7 +16,23 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from tresnet_ft.cli import main
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def error_line(caplog, args: list[str]) -> str:
+    """Run ``tresnet-ft ARGS`` in this process; check it failed with exit code 2 and exactly one error line; return it."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 2
+    errors = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "tresnet_ft" and r.levelno >= logging.ERROR
+    ]
+    assert len(errors) == 1 and errors[0].startswith("error: "), errors
+    return errors[0]
 
 
 def command_env(cwd: Path, **env: str) -> dict[str, str]:

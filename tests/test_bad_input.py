@@ -4,7 +4,6 @@ it would fail the test); ``tests/test_cli.py`` checks a few in a subprocess, std
 
 from __future__ import annotations
 
-import logging
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from tests.data_builders import write_jpeg
+from tests.run_helpers import error_line
 from tresnet_ft.cli import main
 
 TINY = [
@@ -38,20 +38,6 @@ def runs_in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(loggers, "RUNS_DIR", tmp_path / "runs")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def error_line(caplog, args: list[str]) -> str:
-    """Run the command; check it failed with exit code 2 and exactly one error line; return it."""
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        assert main(args) == 2
-    errors = [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == "tresnet_ft" and r.levelno >= logging.ERROR
-    ]
-    assert len(errors) == 1 and errors[0].startswith("error: "), errors
-    return errors[0]
 
 
 def test_a_value_of_the_wrong_type_names_the_key_and_the_value(caplog):

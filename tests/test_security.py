@@ -4,15 +4,13 @@ and ``export``. Each refusal is one ``error:`` line and exit code 2."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.classifier_builders import distinct_images, write_image
-from tests.run_helpers import run_command
-from tresnet_ft.cli import main
+from tests.run_helpers import error_line, run_command
 
 
 class _Payload:
@@ -48,17 +46,10 @@ def evil(tmp_path) -> tuple[Path, Path]:
 
 
 def _refused(caplog, args: list[str], marker: Path) -> str:
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        assert main(args) == 2
+    message = error_line(caplog, args)
     assert not marker.exists(), "the payload ran"
-    errors = [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == "tresnet_ft" and r.levelno >= logging.ERROR
-    ]
-    assert len(errors) == 1 and errors[0].startswith("error: Refusing to load "), errors
-    return errors[0]
+    assert message.startswith("error: Refusing to load "), message
+    return message
 
 
 @pytest.fixture
