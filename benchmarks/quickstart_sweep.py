@@ -38,8 +38,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup-epochs", type=float, default=1.0)
     parser.add_argument("--ema-decay", type=float, default=0.95)
     parser.add_argument("--train-crop", default="squish_random_crop")
-    parser.add_argument("--no-zero-init", action="store_true",
-                        help="start every residual branch's last norm scale at 1 instead of 0")
+    parser.add_argument("--residual-init", type=float, default=0.0,
+                        help="starting scale of every residual branch's last norm (TResNet: 0)")
+    parser.add_argument("--norm-lr-mult", type=float, default=1.0,
+                        help="learning-rate multiplier for norm weights and biases (the no-decay groups)")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--eval-every", type=int, default=0, help="also validate every N steps")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the weights and the data order")
     parser.add_argument("--noise", type=float, default=1.0, help="scale of the background blotches and grain")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     return parser.parse_args()
@@ -74,16 +79,15 @@ def main() -> None:
     quickstart.DEFAULT_SIZES["train"] = args.train_images
     if args.noise != 1.0:
         scale_background_noise(args.noise)
-    torch.manual_seed(0)
-    data = ImageDataModule(dataset="quickstart", image_size=64, batch_size=args.batch_size, num_workers=0,
+    torch.manual_seed(args.seed)
+    data = ImageDataModule(dataset="quickstart", image_size=args.image_size, batch_size=args.batch_size, num_workers=0,
                            randaugment_ops=0, cutout=0.0, train_crop=args.train_crop)
     data.setup("fit")
-    model = create_model("tresnet_m", 5, pretrained=None, norm="inplace_abn")
-    if args.no_zero_init:
-        for block in model.modules():
-            if hasattr(block, "last_norm"):
-                torch.nn.init.ones_(block.last_norm().weight)
+    model = create_model("tresnet_m", 5, pretrained=None, norm="inplace_abn", residual_init=args.residual_init)
     groups = param_groups(model, args.lr, args.weight_decay, 1.0)
+    for group in groups:
+        if group["weight_decay"] == 0.0:
+            group["lr"] = group["initial_lr"] = group["lr"] * args.norm_lr_mult
     optimizer = build_optimizer(args.optimizer, groups, betas=(0.9, args.beta2))
     steps_per_epoch = len(data.train_dataloader())
     scheduler = build_scheduler("cosine", optimizer, steps_per_epoch * args.epochs,
@@ -102,6 +106,9 @@ def main() -> None:
             ema.update_parameters(model)
             losses.append(loss.item())
             step += 1
+            if args.eval_every and step % args.eval_every == 0:
+                print(f"  step {step}: recent loss {sum(losses[-args.eval_every:]) / len(losses[-args.eval_every:]):.3f}, "
+                      f"val top-1 EMA {validation_top1(ema.module, data.val_dataloader()):.2f}", flush=True)
         print(f"epoch {epoch} step {step}: train loss {sum(losses) / len(losses):.3f}, "
               f"val top-1 EMA {validation_top1(ema.module, data.val_dataloader()):.2f}, "
               f"raw {validation_top1(model, data.val_dataloader()):.2f} ({time.perf_counter() - start:.0f} s)",

@@ -43,6 +43,22 @@ def test_last_norm_of_each_block_starts_at_zero(arch):
     assert not torch.all(model.body.conv1.bn.weight == 0)
 
 
+def test_residual_init_sets_every_branch_scale_and_nothing_else():
+    default, scaled = create_model("tresnet_m", num_classes=3), create_model("tresnet_m", num_classes=3,
+                                                                              residual_init=0.2)
+    blocks = [m for m in scaled.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    assert blocks and all(torch.all(b.last_norm().weight == 0.2) for b in blocks)
+    assert torch.equal(scaled.body.conv1.bn.weight, default.body.conv1.bn.weight)
+
+
+def test_classifier_passes_residual_init_to_the_network():
+    from tresnet_ft import TResNetClassifier
+
+    module = TResNetClassifier(num_classes=3, residual_init=0.2)
+    assert module.hparams.residual_init == 0.2
+    assert torch.all(module.model.body.layer3[0].last_norm().weight == 0.2)
+
+
 def test_block_layout_matches_the_paper():
     m = create_model("tresnet_m", num_classes=3)
     assert [type(getattr(m.body, f"layer{i}")[0]).__name__ for i in range(1, 5)] == \

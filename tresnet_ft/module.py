@@ -53,6 +53,8 @@ class TResNetClassifier(pl.LightningModule):
         ema_decay: keep an exponential moving average of the weights (Lightning's
             ``EMAWeightAveraging``); validation, checkpoints and export use it. None: off.
         drop_rate, drop_path_rate: dropout before the linear head; stochastic depth.
+        residual_init: starting scale of each residual branch (0 as in TResNet); only matters
+            without pretrained weights, where ~0.2 learns faster (see :class:`TResNet`).
         compile: ``torch.compile`` the network (first steps are slow while it compiles).
         plots: write curves, confusion matrix / AP and worst predictions as PNG (and to loggers).
         sync_norm: with several processes, compute batch-norm statistics over all of them
@@ -94,6 +96,7 @@ class TResNetClassifier(pl.LightningModule):
         ema_decay: Optional[float] = None,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        residual_init: float = 0.0,
         compile: bool = False,
         plots: bool = True,
         sync_norm: bool = False,
@@ -113,7 +116,7 @@ class TResNetClassifier(pl.LightningModule):
         if head == "linear" and drop_rate:
             self.head_args.setdefault("drop_rate", drop_rate)
         self.model = create_model(arch, num_classes, pretrained=pretrained, head=head, head_args=self.head_args,
-                                  norm=norm, drop_path_rate=drop_path_rate)
+                                  norm=norm, drop_path_rate=drop_path_rate, residual_init=residual_init)
         if compile:
             self.model.compile()
         self.task = task

@@ -120,7 +120,8 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained: Pretr
         head: a head name (``"linear"``, ...); ``head_args`` go to its constructor.
         norm: ``"inplace_abn"`` (default) or ``"bn"``.
         channels_last: NHWC weights and activations (inputs are converted in ``forward``).
-        **kwargs: passed to :class:`TResNet` (``drop_path_rate``, ``in_chans``).
+        **kwargs: passed to :class:`TResNet` (``drop_path_rate``, ``in_chans``,
+            ``residual_init``).
 
     Example:
         >>> model = create_model("tresnet_m", num_classes=10)

@@ -118,6 +118,11 @@ class TResNet(nn.Module):
         head: a name from :data:`tresnet_ft.heads.HEADS`; ``head_args`` go to its constructor.
         channels_last: store weights and run activations in NHWC, the fast conv layout.
         drop_path_rate: stochastic-depth rate reached by the last block (linear ramp).
+        residual_init: starting scale of each residual branch's last norm. TResNet's 0 makes
+            every block start as the identity; training from random weights with Adam, whose
+            steps are about ``lr`` whatever the gradient, a scale of 0 needs ~100 steps before
+            the branches matter, and a small value such as 0.2 skips that plateau
+            (docs/RECIPES.md). Pretrained weights overwrite it.
 
     Input is RGB scaled to [0, 1] with no mean/std normalisation; height and width must be
     multiples of 32.
@@ -129,7 +134,8 @@ class TResNet(nn.Module):
 
     def __init__(self, spec: ArchSpec, num_classes: int = 1000, *, norm: str = "inplace_abn",
                  head: str = "linear", head_args: Optional[dict[str, Any]] = None,
-                 channels_last: bool = True, drop_path_rate: float = 0.0, in_chans: int = 3) -> None:
+                 channels_last: bool = True, drop_path_rate: float = 0.0, in_chans: int = 3,
+                 residual_init: float = 0.0) -> None:
         super().__init__()
         planes = int(64 * spec.width)
         if spec.v2:
@@ -157,18 +163,18 @@ class TResNet(nn.Module):
         self.channels_last = channels_last
         self.norm = norm
         self.pretrained_cfg: dict[str, Any] = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
-        self._init_weights()
+        self._init_weights(residual_init)
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, residual_init: float) -> None:
         for m in self.body.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
-        # Each residual branch starts as the identity: its last norm's scale is zero.
+        # With 0 (TResNet's choice) each residual branch starts as the identity.
         for m in self.body.modules():
             if isinstance(m, (BasicBlock, Bottleneck)):
-                nn.init.zeros_(m.last_norm().weight)
+                nn.init.constant_(m.last_norm().weight, residual_init)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` RGB in [0, 1] -> ``[B, num_features, H/32, W/32]``."""
