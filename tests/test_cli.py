@@ -99,3 +99,5 @@ def test_a_run_prints_each_line_once(tmp_path):
     assert output.count("Run folder: runs/quickstart/version_0") == 1  # ours
     assert output.count("Seed set to 0") == 1  # Lightning's
     assert "args parameter is intended" not in output
+    # Lightning's adverts, its note on our checkpoint callbacks and an internal deprecation: filtered
+    assert "Tip:" not in output and "override existing callbacks" not in output and "LeafSpec" not in output

@@ -21,6 +21,22 @@ log = logging.getLogger("tresnet_ft")
 # We always pass the parsed recipe as `args`; Lightning's reminder that sys.argv also holds flags
 # is aimed at a different mistake and would print a page-wide line on every run.
 warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+# Raised inside Lightning's own batch handling with torch >= 2.10; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+# Lightning lines that say nothing about the run: adverts for its cloud packages, and the note
+# that our checkpoint callbacks replace the Trainer's default one (which is by design).
+NOISE_PREFIXES = ("💡 Tip:", "The following callbacks returned in `LightningModule.configure_callbacks`")
+
+
+def _drop_noise(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(NOISE_PREFIXES)
+
+
+def _quiet_lightning() -> None:
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        if _drop_noise not in handler.filters:
+            handler.addFilter(_drop_noise)
 
 
 class TResNetCLI(LightningCLI):
@@ -66,6 +82,7 @@ def run_cli(args: Sequence[str], run_name: str, run: bool = True) -> TResNetCLI:
     With ``run=False`` the model, data and trainer are only built (the subcommand is dropped).
     """
     args = list(args) if run else list(args)[1:]
+    _quiet_lightning()
     cli = TResNetCLI(TResNetClassifier, ImageDataModule, args=args, run=run,
                      trainer_defaults={"callbacks": [ThroughputProgressBar()]},
                      save_config_kwargs={"overwrite": True},
