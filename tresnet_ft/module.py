@@ -6,11 +6,12 @@ from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
 from . import losses
 from .callbacks import PlotCallback
 from .checkpoint import METADATA_KEY, ClassifierInfo
+from .ema import FusedEMAWeightAveraging
 from .freezing import BackboneFreeze
 from .metrics import multilabel_metrics, single_label_metrics
 from .models import convert_sync_norm, create_model
@@ -51,7 +52,8 @@ class TResNetClassifier(pl.LightningModule):
             ``constant``; stepped every optimizer step.
         freeze_epochs, freeze_norm_stats: train only the head at first (see :class:`BackboneFreeze`).
         ema_decay: keep an exponential moving average of the weights (Lightning's
-            ``EMAWeightAveraging``); validation, checkpoints and export use it. None: off.
+            ``EMAWeightAveraging``, updated with one fused kernel: :class:`FusedEMAWeightAveraging`);
+            validation, checkpoints and export use it. None: off.
         drop_rate, drop_path_rate: dropout before the linear head; stochastic depth.
         residual_init: starting scale of each residual branch (0 as in TResNet); only matters
             without pretrained weights, where ~0.2 learns faster (see :class:`TResNet`).
@@ -155,7 +157,7 @@ class TResNetClassifier(pl.LightningModule):
         if fitting and self.hparams.freeze_epochs:
             callbacks.append(BackboneFreeze(self.hparams.freeze_epochs, self.hparams.freeze_norm_stats))
         if fitting and self.hparams.ema_decay:
-            callbacks.append(EMAWeightAveraging(decay=self.hparams.ema_decay))
+            callbacks.append(FusedEMAWeightAveraging(decay=self.hparams.ema_decay))
         return callbacks
 
     # -- forward, loss, steps -----------------------------------------------------------------
