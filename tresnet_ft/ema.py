@@ -14,7 +14,7 @@ class FusedEMAWeightAveraging(EMAWeightAveraging):
 
     Lightning builds its ``AveragedModel`` with a per-tensor ``avg_fn``: one Python call and one
     new tensor per parameter and buffer (~500 for TResNet-M). That made the EMA update 7 % of a
-    quickstart step on 2 CPU cores; the multi-tensor form is 6x faster
+    quickstart step on 2 CPU cores; the multi-tensor form takes 0.19x its time
     (docs/PERFORMANCE.md, "EMA update").
     """
 

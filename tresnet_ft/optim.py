@@ -52,7 +52,7 @@ def build_optimizer(name: str, groups: list[dict[str, Any]], momentum: float = 0
     """``adamw`` (decoupled, i.e. true weight decay), ``adam`` or ``sgd`` (Nesterov).
 
     Adam and AdamW use the fused kernel where every parameter allows it: one pass over the
-    weights instead of several, 0.43x the optimizer time of the foreach kernel on a CPU
+    weights instead of several, 0.32x the optimizer time of the foreach kernel on a CPU
     at 64 px (benchmarks/bench_optimizer.py).
     """
     if name in ("adamw", "adam"):
