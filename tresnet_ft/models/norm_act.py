@@ -24,49 +24,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .sync_norm import (affine_coefficients, distributed_batch_norm, distributed_batch_norm_backward,
+                        per_channel)
+
 # Below this |weight| the affine transform cannot be inverted accurately: x_hat = (z - bias) / w.
 # Each block's last norm starts at exactly zero, so the guard is needed from the first step.
 MIN_INVERTIBLE_WEIGHT = 1e-3
-
-_REDUCE_DIMS = (0, 2, 3)
-
-
-def _per_channel(t: torch.Tensor) -> torch.Tensor:
-    """``[C]`` -> ``[1, C, 1, 1]`` for broadcasting against an ``[N, C, H, W]`` map."""
-    return t.view(1, -1, 1, 1)
-
-
-def _world_size(group: Optional[Any]) -> int:
-    if group is None or not dist.is_available() or not dist.is_initialized():
-        return 1
-    return dist.get_world_size(group)
-
-
-def _all_reduce_sum(t: torch.Tensor, group: Optional[Any]) -> torch.Tensor:
-    if _world_size(group) > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-    return t
-
-
-def _batch_stats(x32: torch.Tensor, group: Optional[Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Mean and biased variance per channel over the (possibly distributed) batch.
-
-    Two reductions (mean first, then squared deviations) avoid the cancellation of the
-    sum-of-squares formula when activations have a large mean.
-    """
-    local_count = x32.numel() // x32.shape[1]
-    count = torch.tensor([float(local_count)], device=x32.device)
-    count = int(_all_reduce_sum(count, group).item()) if _world_size(group) > 1 else local_count
-    mean = _all_reduce_sum(x32.sum(_REDUCE_DIMS), group) / count
-    var = _all_reduce_sum((x32 - _per_channel(mean)).square().sum(_REDUCE_DIMS), group) / count
-    return mean, var, count
-
-
-def _affine_coefficients(weight, bias, mean, invstd):
-    """Per-channel ``scale, shift`` with ``norm(x) = x * scale + shift``, in float32."""
-    scale = weight.float() * invstd
-    return scale, bias.float() - mean * scale
-
 
 class _NormActFunction(torch.autograd.Function):
     """Training-mode batch norm + leaky ReLU (``slope == 1`` is the identity) with a hand-written
@@ -85,7 +48,7 @@ class _NormActFunction(torch.autograd.Function):
             y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var,
                                                       True, momentum, eps)
         else:
-            y, mean, invstd = _distributed_batch_norm(x, weight, bias, running_mean, running_var,
+            y, mean, invstd = distributed_batch_norm(x, weight, bias, running_mean, running_var,
                                                       momentum, eps, group)
         if slope != 1.0:
             y = F.leaky_relu_(y, slope)
@@ -110,49 +73,16 @@ class _NormActFunction(torch.autograd.Function):
             inputs, centre, spread, gain = kept, mean, invstd, weight
             grad_z = grad_out
             if ctx.slope != 1.0:
-                scale, shift = _affine_coefficients(weight, bias, mean, invstd)
-                z = torch.addcmul(_per_channel(shift), kept.float(), _per_channel(scale))
+                scale, shift = affine_coefficients(weight, bias, mean, invstd)
+                z = torch.addcmul(per_channel(shift), kept.float(), per_channel(scale))
                 grad_z = torch.ops.aten.leaky_relu_backward(grad_out, z, ctx.slope, False)
         if ctx.group is None:
             grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
                 grad_z, inputs, gain, None, None, centre, spread, True, ctx.eps, [True, True, True])
         else:
-            grad_x, grad_weight, grad_bias = _distributed_batch_norm_backward(
+            grad_x, grad_weight, grad_bias = distributed_batch_norm_backward(
                 grad_z, inputs, centre, spread, gain, ctx.group)
         return grad_x, grad_weight, grad_bias, None, None, None, None, None, None, None
-
-
-def _distributed_batch_norm(x, weight, bias, running_mean, running_var, momentum, eps, group):
-    """``native_batch_norm`` with statistics over every process of ``group``."""
-    x32 = x.float()
-    mean, var, count = _batch_stats(x32, group)
-    invstd = torch.rsqrt(var + eps)
-    with torch.no_grad():
-        running_mean.lerp_(mean, momentum)
-        running_var.lerp_(var * (count / max(count - 1, 1)), momentum)
-    scale, shift = _affine_coefficients(weight, bias, mean, invstd)
-    y = torch.addcmul(_per_channel(shift), x32, _per_channel(scale)).to(x.dtype)
-    return y, mean, invstd
-
-
-def _distributed_batch_norm_backward(grad_z, inputs, centre, spread, gain, group):
-    """``native_batch_norm_backward`` with the two reductions summed over ``group``.
-
-    ``x_hat = (inputs - centre) * spread`` and ``grad_x = (...) * gain * spread``, the same
-    contract as the ATen kernel, so both backward modes share it.
-    """
-    dz = grad_z.float()
-    x_hat = (inputs.float() - _per_channel(centre.float())) * _per_channel(spread.float())
-    grad_bias = dz.sum(_REDUCE_DIMS)
-    grad_weight = (dz * x_hat).sum(_REDUCE_DIMS)
-    # Parameter gradients stay local (DDP averages them); the input gradient needs the global
-    # reductions because the statistics were global.
-    count = torch.tensor([float(inputs.numel() // inputs.shape[1])], device=inputs.device)
-    count = _all_reduce_sum(count, group)
-    sums = _all_reduce_sum(torch.stack([grad_bias, grad_weight]), group) / count
-    grad_x = (dz - _per_channel(sums[0]) - x_hat * _per_channel(sums[1]))
-    grad_x = grad_x * _per_channel(gain.float() * spread.float())
-    return grad_x.to(grad_z.dtype), grad_weight.to(gain.dtype), grad_bias.to(gain.dtype)
 
 
 class BatchNormAct2d(nn.Module):
