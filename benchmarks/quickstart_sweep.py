@@ -76,11 +76,11 @@ def validation_top1(model: torch.nn.Module, loader) -> float:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    quickstart.DEFAULT_SIZES["train"] = args.train_images
     if args.noise != 1.0:
         scale_background_noise(args.noise)
     torch.manual_seed(args.seed)
-    data = ImageDataModule(dataset="quickstart", image_size=args.image_size, batch_size=args.batch_size, num_workers=0,
+    data = ImageDataModule(dataset="quickstart", dataset_options={"num_images": {"train": args.train_images}},
+                           image_size=args.image_size, batch_size=args.batch_size, num_workers=0,
                            randaugment_ops=0, cutout=0.0, train_crop=args.train_crop)
     data.setup("fit")
     model = create_model("tresnet_m", 5, pretrained=None, norm="inplace_abn", residual_init=args.residual_init)

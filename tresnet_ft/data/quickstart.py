@@ -164,8 +164,13 @@ def load_quickstart(
     not named keep their default size).
     """
     if isinstance(num_images, Mapping):
-        unknown = sorted(set(num_images) - set(SPLITS))
-        if unknown:
-            raise ValueError(f"Expected num_images keys among {list(SPLITS)}, but got {unknown}.")
-        num_images = num_images.get(split)
+        num_images = check_split_counts(num_images).get(split)
     return QuickstartDataset(split, num_images, image_size, multi_label, seed)
+
+
+def check_split_counts(num_images: Mapping[str, int]) -> Mapping[str, int]:
+    """Return ``num_images`` (counts by split) if every key is a split; otherwise raise a ValueError."""
+    unknown = sorted(set(num_images) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"Expected num_images keys among {list(SPLITS)}, but got {unknown}.")
+    return num_images

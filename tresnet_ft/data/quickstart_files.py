@@ -19,8 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .base import SPLITS
-from .quickstart import SHAPES, QuickstartDataset
+from .quickstart import SHAPES, QuickstartDataset, check_split_counts
 
 SMALL_SIZES = {"train": 100, "val": 25, "test": 10}  # enough for every class, quick to write
 TABLE_NAME = "tags.csv"
@@ -117,10 +116,7 @@ def write_quickstart_table(
 
 
 def _check_sizes(num_images: Mapping[str, int] | None, minimum_train: int) -> dict[str, int]:
-    sizes = dict(SMALL_SIZES if num_images is None else num_images)
-    unknown = sorted(set(sizes) - set(SPLITS))
-    if unknown:
-        raise ValueError(f"Expected num_images keys among {list(SPLITS)}, but got {unknown}.")
+    sizes = dict(check_split_counts(SMALL_SIZES if num_images is None else num_images))
     if sizes.get("train", 0) < minimum_train:
         raise ValueError(
             f"Expected at least {minimum_train} training image(s) so that every class has one, but got "
