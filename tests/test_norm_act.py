@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tresnet_ft import create_model
+from tresnet_ft import convert_sync_norm, create_model
 from tresnet_ft.models.layers import BlurPool2d, ShortcutAvgPool2d
 from tresnet_ft.models.memory import saved_activation_bytes
 from tresnet_ft.models.norm_act import BatchNormAct2d, InPlaceABN
@@ -133,3 +133,122 @@ def test_torch_compile_gives_the_same_values_and_gradients():
     got.sum().backward()
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(x_compiled.grad, x_eager.grad, atol=1e-5, rtol=1e-4)
+
+
+# -- half precision: every norm path under bf16 and fp16 autocast, behind a conv ------------------
+
+def _conv_norm(path):
+    """A conv followed by the norm layer of ``path``, with one channel's weight tiny for "fallback"."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 6, 3, padding=1, bias=False)  # as in TResNet
+    norm = (BatchNormAct2d if path == "bn" else InPlaceABN)(6, slope=1e-3)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+        norm.running_var.uniform_(0.5, 2)
+        if path == "fallback":
+            norm.weight[1] = 1e-4  # too small to invert: the layer keeps its input
+    norm.train(path != "eval")
+    return torch.nn.Sequential(conv, norm)
+
+
+def _run(net, x, grad, dtype):
+    x = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        y = net(x)
+    y.float().backward(grad)
+    return [y.detach().float(), x.grad, *(p.grad.clone() for p in net.parameters())]
+
+
+def _torch_batchnorm_like(net):
+    """nn.BatchNorm2d + nn.LeakyReLU with the same state: the half-precision error to live with."""
+    bn = torch.nn.BatchNorm2d(6)
+    bn.load_state_dict(net[1].state_dict())
+    return torch.nn.Sequential(net[0], bn.train(net[1].training), torch.nn.LeakyReLU(net[1].slope))
+
+
+def _relative_errors(got, reference):
+    return [float((a - b).norm() / b.norm()) for a, b in zip(got, reference)]
+
+
+def _one_process_group(tmp_path):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    return dist
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("path", ["inplace", "fallback", "bn", "synchronised", "eval"])
+def test_every_norm_path_runs_under_half_precision_autocast_close_to_float32(path, dtype, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, grad = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 6, 8, 8, generator=g)
+    reference = _run(_conv_norm(path), x, grad, None)
+    torch_error = _relative_errors(_run(_torch_batchnorm_like(_conv_norm(path)), x, grad, dtype), reference)
+    net = _conv_norm(path)
+    dist = None
+    if path == "synchronised":
+        dist = _one_process_group(tmp_path)
+        convert_sync_norm(net)
+        assert net[1]._stats_group() is not None  # the distributed code path runs
+    try:
+        got = _run(net, x, grad, dtype)
+    finally:
+        if dist is not None:
+            dist.destroy_process_group()
+    assert all(torch.isfinite(t).all() for t in got)
+    # Output, input gradient, conv and norm parameter gradients: within half precision of float32,
+    # and no further from it than torch's own BatchNorm2d + LeakyReLU under the same autocast (an element
+    # whose pre-activation changes sign in half precision moves its gradient by 1/slope: ~5 % here).
+    for ours, theirs in zip(_relative_errors(got, reference), torch_error):
+        assert ours <= 1.5 * theirs + 1e-3 and ours <= 0.1, (ours, theirs)
+
+
+def test_the_fallback_keeps_the_input_under_autocast_and_the_inplace_path_its_output():
+    x = torch.randn(2, 3, 8, 8)
+    for path, keeps_output in (("inplace", True), ("fallback", False)):
+        net = _conv_norm(path)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = net(x)
+        big = [t for t in saved if t.shape == y.shape]
+        assert any(t.data_ptr() == y.data_ptr() for t in big) == keeps_output
+
+
+# -- host syncs: one batched decision per step instead of one sync per layer --------------------
+
+def test_refresh_decides_every_layer_in_one_sync_and_the_forward_makes_none():
+    from tresnet_ft.models import refresh_invertibility
+    from tresnet_ft.models.host_syncs import HostSyncCounter
+    model = create_model("tresnet_m", 5).train()  # fresh: each block's last norm is zero
+    x = torch.rand(2, 3, 64, 64)
+    with HostSyncCounter() as unrefreshed:
+        model(x).sum().backward()
+    norms = [m for m in model.modules() if isinstance(m, InPlaceABN)]
+    assert unrefreshed.total == len(norms)  # today's cost without a refresh: one per layer
+    with HostSyncCounter() as refreshed:
+        assert refresh_invertibility(model, torch.tensor(2.5)) == [2.5]
+        model(x).sum().backward()
+    assert refreshed.total == 1, refreshed.counts
+    zero_init = [m for m in norms if not bool((m.weight.abs() >= 1e-3).all())]
+    assert zero_init and all(not m.keeps_output for m in zero_init)
+    assert all(m.keeps_output for m in norms if m not in zero_init)
+
+
+def test_a_refreshed_decision_is_used_once_so_changed_weights_are_checked_again():
+    from tresnet_ft.models import refresh_invertibility
+    layer = _pair("leaky_relu")
+    refresh_invertibility(layer)
+    assert layer.keeps_output
+    layer(torch.randn(3, 6, 4, 4))  # uses the refreshed decision
+    with torch.no_grad():
+        layer.weight[2] = 0.0  # e.g. an optimizer step that no refresh has seen
+    x_ref = torch.randn(3, 6, 4, 4, requires_grad=True)
+    x_ours = x_ref.detach().clone().requires_grad_()
+    expected, bn = _reference(x_ref, layer, True)
+    got = layer(x_ours)
+    assert not layer.keeps_output  # checked again, not the stale "invertible"
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    got.backward(grad)
+    torch.testing.assert_close(layer.weight.grad, bn.weight.grad, atol=1e-4, rtol=1e-4)

@@ -31,6 +31,7 @@ from .sync_norm import (affine_coefficients, distributed_batch_norm, distributed
 # Each block's last norm starts at exactly zero, so the guard is needed from the first step.
 MIN_INVERTIBLE_WEIGHT = 1e-3
 
+
 class _NormActFunction(torch.autograd.Function):
     """Training-mode batch norm + leaky ReLU (``slope == 1`` is the identity) with a hand-written
     backward that saves either the output (in-place mode) or the input (classic mode).
@@ -75,7 +76,9 @@ class _NormActFunction(torch.autograd.Function):
             if ctx.slope != 1.0:
                 scale, shift = affine_coefficients(weight, bias, mean, invstd)
                 z = torch.addcmul(per_channel(shift), kept.float(), per_channel(scale))
-                grad_z = torch.ops.aten.leaky_relu_backward(grad_out, z, ctx.slope, False)
+                # Only z's sign matters here; in grad_out's dtype the batch-norm kernel below gets
+                # a gradient of its input's dtype under bf16/fp16 autocast.
+                grad_z = torch.ops.aten.leaky_relu_backward(grad_out, z.to(grad_out.dtype), ctx.slope, False)
         if ctx.group is None:
             grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
                 grad_z, inputs, gain, None, None, centre, spread, True, ctx.eps, [True, True, True])
@@ -152,23 +155,68 @@ class InPlaceABN(BatchNormAct2d):
 
     When some ``|weight| < MIN_INVERTIBLE_WEIGHT`` (e.g. the zero-initialised last norm of a
     fresh block) the output does not determine the input, so that call keeps the input instead.
-    The check reads the weights on the host: one device sync per layer per training step on GPU.
-    Under ``torch.compile`` the layer always keeps its input (no data-dependent branch).
+
+    Deciding that reads the weights on the host: one device sync per layer per training call.
+    :func:`refresh_invertibility` decides for every layer of a model with one batched reduction
+    and one sync, and each layer uses that decision for its next training call instead of
+    syncing itself; the training module refreshes once per step. (The weights' version counter
+    cannot stand in for "the weights changed": the fused optimizers do not bump it.) Under
+    ``torch.compile`` a layer cannot sync: it uses the last refreshed decision as a constant, so
+    a recompile happens only when a decision flips, and keeps its input if never refreshed.
 
     Shapes:
         ``[N, C, H, W]`` -> ``[N, C, H, W]``.
     """
 
+    def __init__(self, num_features: int, activation: str = "leaky_relu", slope: float = 0.01,
+                 eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(num_features, activation, slope, eps, momentum)
+        self.keeps_output = False  # the last decision: every |weight| >= MIN_INVERTIBLE_WEIGHT
+        self._decision_fresh = False  # made for the current weights, by refresh_invertibility
+
+    def decide(self, invertible: bool) -> None:
+        """Set the decision for the next training call (see :func:`refresh_invertibility`)."""
+        self.keeps_output, self._decision_fresh = bool(invertible), True
+
+    def _invertible(self) -> bool:
+        if torch.compiler.is_compiling():
+            return self.keeps_output  # reading the weights here would break the graph at every layer
+        if not self._decision_fresh:
+            self.keeps_output = bool((self.weight.detach().abs() >= MIN_INVERTIBLE_WEIGHT).all())
+        self._decision_fresh = False  # the weights may change before the next call
+        return self.keeps_output
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self._eval_forward(x)
         self.num_batches_tracked.add_(1)
-        if torch.compiler.is_compiling():
-            # The invertibility check reads device data, which would break the compiled graph
-            # at every layer; compiled models keep the input instead.
-            return self._fused_train_forward(x, save_output=False)
-        invertible = bool((self.weight.detach().abs() >= MIN_INVERTIBLE_WEIGHT).all())
-        return self._fused_train_forward(x, save_output=invertible)
+        return self._fused_train_forward(x, save_output=self._invertible())
+
+
+def refresh_invertibility(module: nn.Module, *also_read: torch.Tensor) -> list[float]:
+    """Decide for every :class:`InPlaceABN` in ``module`` whether its next training call may keep
+    only its output, with one batched reduction and a single device-to-host read.
+
+    Call it before each training forward (the weights change at every optimizer step); the
+    layers then make no sync of their own. ``also_read``: one-element tensors on the same device
+    (e.g. the last loss) read in the same sync, returned as floats in order.
+
+    Example::
+
+        refresh_invertibility(model)
+        loss = criterion(model(images), targets)  # no host sync inside the norms
+    """
+    layers = [m for m in module.modules() if isinstance(m, InPlaceABN)]
+    reads = [t.detach().reshape(1).float() for t in also_read]
+    if layers:
+        smallest = torch.stack(torch._foreach_norm([m.weight.detach() for m in layers], float("-inf")))
+        reads.insert(0, (smallest >= MIN_INVERTIBLE_WEIGHT).float())
+    if not reads:
+        return []
+    values = torch.cat(reads).tolist()  # the one host sync
+    for layer, invertible in zip(layers, values):
+        layer.decide(invertible > 0.5)
+    return values[len(layers):]
 
 
 NORM_LAYERS: dict[str, type[BatchNormAct2d]] = {
