@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -343,16 +343,29 @@ class ThroughputMeter:
 
 
 class ThroughputProgressBar(RichProgressBar):
-    """Lightning's rich progress bar with the training throughput (``img/s``) beside the metrics.
+    """Lightning's rich progress bar with the training loss and throughput (``img/s``).
 
     The rate counts the images of every process (per-process batch size × world size), averaged
     over the last ``window`` training batches, data loading included; validation time is left
-    out. Other keyword arguments go to :class:`~lightning.pytorch.callbacks.RichProgressBar`.
+    out.
+
+    Training metrics (``train_metrics``, logged by the module without ``prog_bar``) are read
+    every ``metrics_every_n_steps`` batches (default: the Trainer's ``log_every_n_steps``), not
+    at every batch: each read copies a device value to the host, a sync that stalls a GPU, and
+    Lightning reads every ``prog_bar`` metric at every batch. The bar itself moves every batch.
+    Other keyword arguments go to :class:`~lightning.pytorch.callbacks.RichProgressBar`.
     """
 
-    def __init__(self, window: int = 20, **kwargs: Any) -> None:
+    def __init__(self, window: int = 20, metrics_every_n_steps: int | None = None,
+                 train_metrics: Sequence[str] = ("train/loss",), **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if metrics_every_n_steps is not None and metrics_every_n_steps < 1:
+            raise ValueError(f"Expected metrics_every_n_steps to be a positive integer or None, but got "
+                             f"{metrics_every_n_steps}.")
         self.throughput = ThroughputMeter(window)
+        self.metrics_every_n_steps = metrics_every_n_steps
+        self.train_metrics = tuple(train_metrics)
+        self._train_values: dict[str, float] = {}  # as last read, shown until the next read
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.throughput.pause()
@@ -360,6 +373,7 @@ class ThroughputProgressBar(RichProgressBar):
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.throughput.pause()
+        self._read_train_metrics(trainer)
         super().on_validation_start(trainer, pl_module)
 
     def on_train_batch_start(
@@ -374,12 +388,26 @@ class ThroughputProgressBar(RichProgressBar):
     ) -> None:
         # Before super(): it refreshes the bar from get_metrics().
         self.throughput.batch_ended(count_images(batch) * trainer.world_size)
+        every = self.metrics_every_n_steps or max(1, trainer.log_every_n_steps)
+        if (batch_idx + 1) % every == 0:
+            self._read_train_metrics(trainer)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._read_train_metrics(trainer)
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def _read_train_metrics(self, trainer: pl.Trainer) -> None:
+        metrics = trainer.callback_metrics  # device tensors: no sync until read below
+        for key in self.train_metrics:
+            value = metrics.get(f"{key}_step", metrics.get(key))
+            if value is not None:
+                self._train_values[key.rsplit("/", 1)[-1]] = float(value)
 
     def get_metrics(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
     ) -> dict[str, int | str | float | dict[str, float]]:
-        items = super().get_metrics(trainer, pl_module)
+        items = {**self._train_values, **super().get_metrics(trainer, pl_module)}
         rate = self.throughput.rate
         if rate is not None:
             # A string, so the bar does not print it with the metrics' three decimals.

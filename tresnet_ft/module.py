@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
@@ -14,7 +15,7 @@ from .checkpoint import METADATA_KEY, ClassifierInfo
 from .ema import FusedEMAWeightAveraging
 from .freezing import BackboneFreeze
 from .metrics import multilabel_metrics, single_label_metrics
-from .models import convert_sync_norm, create_model
+from .models import convert_sync_norm, create_model, refresh_invertibility
 from .optim import build_optimizer, build_scheduler, param_groups
 from .thresholds import Thresholds, tune_thresholds
 
@@ -128,9 +129,10 @@ class TResNetClassifier(pl.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.thresholds: Optional[Thresholds] = None
-        self.backbone_frozen = False
         self._val_scores: list[torch.Tensor] = []
         self._val_targets: list[torch.Tensor] = []
+        # (loss, step, epoch) of the last training step, until its value has been checked
+        self._unchecked_loss: Optional[tuple[torch.Tensor, int, int]] = None
 
     # -- what the run monitors and which callbacks it needs -----------------------------------
 
@@ -164,10 +166,6 @@ class TResNetClassifier(pl.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, S, S]`` float images -> logits ``[B, K]``."""
-        if self.backbone_frozen:
-            with torch.no_grad():
-                features = self.model.forward_features(images)
-            return self.model.forward_head(features)
         return self.model(images)
 
     def compute_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -189,17 +187,39 @@ class TResNetClassifier(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
         loss = self.compute_loss(self(images), targets)
-        if not torch.isfinite(loss):
+        # Checked at the next read of device data (the next step's one sync, a checkpoint, the
+        # epoch's end), not here: reading it now would stall the GPU at every step.
+        self._unchecked_loss = (loss.detach(), self.global_step, self.current_epoch)
+        # sync_dist: with several processes the epoch value is the mean over all of them, not rank 0's.
+        # Not prog_bar: Lightning would read it to the host at every step; ThroughputProgressBar
+        # shows it, read every log_every_n_steps.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=images.shape[0], sync_dist=True)
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """The step's one host sync: the norms' invertibility decisions and the last loss, read together."""
+        self._check_loss(refresh_invertibility(self.model, *self._pending_loss()))
+
+    def on_train_epoch_end(self) -> None:
+        self._check_loss([loss.item() for loss in self._pending_loss()])
+        # The learning rate at the epoch's end, for the curves plot (LearningRateMonitor logs every
+        # step to the loggers; logging it from training_step cost a host-to-device copy per step).
+        self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), **SAME_ON_EVERY_RANK)
+
+    def _pending_loss(self) -> list[torch.Tensor]:
+        return [] if self._unchecked_loss is None else [self._unchecked_loss[0]]
+
+    def _check_loss(self, values: list[float]) -> None:
+        """Raise if the last training loss (``values``: empty or its one value) is NaN or infinite."""
+        if not values:
+            return
+        _, step, epoch = self._unchecked_loss
+        self._unchecked_loss = None
+        if not math.isfinite(values[0]):
             raise FloatingPointError(
-                f"The training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}). "
+                f"The training loss became {values[0]} at step {step} (epoch {epoch}). "
                 "Likely causes: a learning rate too high for this batch size, or fp16 overflow "
                 "(try --trainer.precision bf16-mixed or 32, or a lower --model.lr).")
-        # sync_dist: with several processes the epoch value is the mean over all of them, not rank 0's.
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0],
-                 sync_dist=True)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True,
-                 sync_dist=True)
-        return loss
 
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(-1) if self.task == "single_label" else logits.float().sigmoid()
@@ -300,6 +320,8 @@ class TResNetClassifier(pl.LightningModule):
                               thresholds=self.thresholds.to_dict() if self.thresholds else None)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Never write weights that a NaN loss has already broken.
+        self._check_loss([loss.item() for loss in self._pending_loss()])
         checkpoint[METADATA_KEY] = self.classifier_info().to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
