@@ -74,15 +74,22 @@ TWO_PROCESSES = [
 EVAL_METRICS = ("val/top1", "val/macro_accuracy")
 
 
-@pytest.fixture(scope="module")
-def single_process(tmp_path_factory):
+# The folder recipe's schedule: the head alone for the first epoch, then everything.
+FREEZE = ["--model.freeze_epochs", "1"]
+
+
+def _single_process_run(cwd, *extra: str):
     """The reference: one process, batch 16."""
-    cwd = tmp_path_factory.mktemp("single")
     proc = run_command(
-        [*COMMON, "--trainer.devices", "1", "--data.batch_size", "16"], cwd=cwd
+        [*COMMON, *extra, "--trainer.devices", "1", "--data.batch_size", "16"], cwd=cwd
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd / "runs" / "quickstart" / "version_0"
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    return _single_process_run(tmp_path_factory.mktemp("single"))
 
 
 def _weights(run) -> dict[str, torch.Tensor]:
@@ -145,6 +152,24 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, single_process):
     _check_against_single_process(
         tmp_path / "runs" / "quickstart" / "version_0", ranks, single_process
     )
+
+
+@pytest.mark.slow
+def test_ddp_with_a_frozen_backbone_trains_and_matches_one_process(tmp_path):
+    """DDP's default (no search for unused parameters) fails at the second step when the
+    backbone gets no gradient; the freezing callback turns the search on."""
+    for name in ("single", "ddp"):
+        (tmp_path / name).mkdir()
+    reference = _single_process_run(tmp_path / "single", *FREEZE)
+    ranks = tmp_path / "ddp" / "ranks"
+    proc = run_command(
+        [*COMMON, *FREEZE, *TWO_PROCESSES, "--trainer.devices", "2",
+         callback_arg(DumpRankState, folder=str(ranks))],
+        cwd=(tmp_path / "ddp"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "ddp" / "runs" / "quickstart" / "version_0"
+    _check_against_single_process(run, ranks, reference)
 
 
 def _free_port() -> int:
