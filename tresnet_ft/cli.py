@@ -13,14 +13,20 @@ Training commands are Lightning's CLI: the recipe is the base config, later flag
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+
+import yaml
 
 from .models import WeightsUnavailableError
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
 
 log = logging.getLogger("tresnet_ft")
 
@@ -48,13 +54,85 @@ def _pop_option(args: list[str], name: str) -> tuple[list[str], Optional[str]]:
     return rest, value
 
 
+def _options(args: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """``(--name, value)`` for every ``--name value`` / ``--name=value`` in ``args``, in order."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--") and "=" in arg:
+            yield tuple(arg.split("=", 1))  # type: ignore[misc]
+        elif arg.startswith("--") and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            yield arg, args[i + 1]
+            i += 1
+        i += 1
+
+
+def _read_if_file(path_or_text: str) -> str:
+    """The file's text, or the argument itself (LightningCLI's ``--config`` takes either)."""
+    try:
+        path = Path(path_or_text)
+        return path.read_text() if path.is_file() else path_or_text
+    except OSError:  # e.g. a YAML string too long for a file name
+        return path_or_text
+
+
+def _yaml_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+# Trainer settings whose recipe value depends on the machine or on each other (recipe.resolve_trainer_settings).
+RESOLVED_TRAINER_KEYS = ("accelerator", "precision", "deterministic", "benchmark")
+
+
+def _user_trainer_settings(args: Sequence[str]) -> dict[str, Any]:
+    """The ``RESOLVED_TRAINER_KEYS`` that ``args`` sets, from ``--config`` files (or YAML strings)
+    and ``--trainer.KEY`` flags; a later one wins, as in LightningCLI."""
+    settings: dict[str, Any] = {}
+    for name, value in _options(args):
+        if name == "--config":
+            config = _yaml_value(_read_if_file(value))
+            trainer = config.get("trainer") if isinstance(config, dict) else None
+            if isinstance(trainer, dict):
+                settings.update({k: v for k, v in trainer.items() if k in RESOLVED_TRAINER_KEYS})
+        elif name.startswith("--trainer.") and name[len("--trainer."):] in RESOLVED_TRAINER_KEYS:
+            settings[name[len("--trainer."):]] = _yaml_value(value)
+    return settings
+
+
+def _resolve_machine_settings(recipe: Recipe, rest: list[str]) -> tuple[Recipe, list[str]]:
+    """The recipe with ``precision: auto`` (and ``benchmark`` under ``deterministic``) resolved for
+    this machine and the user's flags; the flags with a ``--trainer.precision`` Lightning accepts."""
+    # Lightning first: importing it sets PYTORCH_NVML_BASED_CUDA_CHECK, so asking whether CUDA is
+    # there creates no CUDA state that would stop Lightning from forking DDP workers later.
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from .recipe import deep_merge, resolve_trainer_settings
+
+    rest, precision_flag = _pop_option(rest, "--trainer.precision")  # may be "auto": Lightning would refuse it
+    user_trainer = _user_trainer_settings(rest)
+    if precision_flag is not None:
+        user_trainer["precision"] = _yaml_value(precision_flag)
+    resolved, notes = resolve_trainer_settings(recipe.config.get("trainer") or {}, user_trainer)
+    if getattr(rank_zero_only, "rank", 0) == 0:  # DDP workers re-run this command: one report
+        for note in notes:
+            log.info(note)
+    if "precision" in user_trainer:  # the user's word is the last one, as it was on their line
+        rest = rest + [f"--trainer.precision={resolved['precision']}"]
+    return dataclasses.replace(recipe, config=deep_merge(recipe.config, {"trainer": resolved})), rest
+
+
 def training_args(argv: Sequence[str]) -> tuple[list[str], str]:
     """Turn ``fit --recipe R [flags]`` into LightningCLI arguments with the merged recipe first.
 
     Also maps ``--logger csv,tensorboard,wandb`` onto ``--trainer.logger`` entries, and
     ``--ckpt_path last|best`` onto the newest such checkpoint of the recipe's runs. ``fit`` from a
     checkpoint inside a run folder continues that run: same ``version_<N>`` folder, so its
-    ``last.ckpt``, metrics and plots carry on. Returns the arguments and the run name.
+    ``last.ckpt``, metrics and plots carry on. ``precision: auto`` (the recipes' default, or
+    ``--trainer.precision auto``) becomes the best precision for this machine, logged with the
+    reason; an explicit precision is kept. Returns the arguments and the run name.
     """
     from . import loggers
     from .recipe import load_recipe, write_merged
@@ -64,7 +142,7 @@ def training_args(argv: Sequence[str]) -> tuple[list[str], str]:
     rest, recipe_name = _pop_option(rest, "--recipe")
     rest, logger_names = _pop_option(rest, "--logger")
     rest, ckpt_path = _pop_option(rest, "--ckpt_path")
-    recipe = load_recipe(recipe_name or "quickstart")
+    recipe, rest = _resolve_machine_settings(load_recipe(recipe_name or "quickstart"), rest)
     if ckpt_path in CHECKPOINT_ALIASES:
         ckpt_path = str(find_checkpoint(loggers.RUNS_DIR, recipe.name, ckpt_path))
     run = run_of_checkpoint(ckpt_path) if ckpt_path and command == "fit" else None

@@ -7,14 +7,19 @@ plus three keys of its own:
 * ``description``: one line for ``tresnet-ft recipes``;
 * ``reference``: the published result it is measured against, and what it is expected to reach.
 
+``trainer.precision: auto`` is ours, not Lightning's: :func:`resolve_trainer_settings` turns it
+into the best precision for the machine before the Trainer is built.
+
 Recipes ship inside the package (``tresnet_ft/recipes/*.yaml``); a path to any YAML file works too.
 """
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import yaml
 
@@ -89,3 +94,78 @@ def write_merged(recipe: Recipe, folder: Path) -> Path:
     path = folder / f"{recipe.name}.merged.yaml"
     path.write_text(yaml.safe_dump(recipe.config, sort_keys=False))
     return path
+
+
+# -- settings that depend on the machine ------------------------------------------------------
+
+AUTO_PRECISION = "auto"
+CUDA_ACCELERATORS = ("auto", "gpu", "cuda")  # the accelerator values that run on CUDA when it is there
+_BF16_PROBE = "import torch; print(int(torch.cuda.is_bf16_supported(including_emulation=False)))"
+
+
+def cuda_supports_bf16() -> bool:
+    """Whether the first visible CUDA device computes in bfloat16 natively (Ampere or newer).
+
+    Emulated bf16 (V100, T4) does not count: it is slower than fp16. When this process has no CUDA
+    context yet, the question is asked in a child process, because a context created here would
+    stop Lightning from forking its DDP workers (notebooks).
+    """
+    import torch
+
+    if not torch.cuda.is_initialized():
+        try:
+            probe = subprocess.run([sys.executable, "-c", _BF16_PROBE], capture_output=True, text=True, timeout=300)
+            if probe.returncode == 0 and probe.stdout.strip() in ("0", "1"):
+                return probe.stdout.strip() == "1"
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # ask in this process instead
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def resolve_precision(precision: Any, accelerator: Any, cuda_available: Optional[Callable[[], bool]] = None,
+                      cuda_bf16: Optional[Callable[[], bool]] = None) -> tuple[Any, str]:
+    """Lightning's precision for ``precision``, and why; only ``"auto"`` (or unset) is changed.
+
+    ``auto`` is ``bf16-mixed`` when the run will use a CUDA device that has bf16, ``16-mixed`` on
+    an older CUDA device, and ``32-true`` otherwise (CPU autocast is slower than float32).
+    ``cuda_available`` (default ``torch.cuda.is_available``) and ``cuda_bf16`` (default
+    :func:`cuda_supports_bf16`) are only called when needed.
+    """
+    if precision not in (AUTO_PRECISION, None):
+        return precision, "as configured"
+    if accelerator not in CUDA_ACCELERATORS:
+        return "32-true", f"accelerator {accelerator}"
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available
+    if not cuda_available():
+        return "32-true", "no CUDA device"
+    if (cuda_bf16 or cuda_supports_bf16)():
+        return "bf16-mixed", "CUDA device supports bf16"
+    return "16-mixed", "CUDA device without native bf16"
+
+
+def _is_set(value: Any) -> bool:
+    return value is not None and value is not False and str(value).lower() not in ("false", "0", "null", "none")
+
+
+def resolve_trainer_settings(recipe_trainer: dict[str, Any], user_trainer: dict[str, Any],
+                             **probes: Callable[[], bool]) -> tuple[dict[str, Any], list[str]]:
+    """The recipe's machine-dependent trainer values, resolved; and one line per decision.
+
+    ``user_trainer`` holds what the user set on top of the recipe (flags, extra configs); it wins.
+    Returns the values to write into the trainer config (``precision``, and ``benchmark: False``
+    when determinism is asked for and the user did not choose ``benchmark``: PyTorch ignores
+    ``cudnn.deterministic`` while ``cudnn.benchmark`` is on) and the log lines.
+    ``probes``: ``cuda_available``/``cuda_bf16`` for :func:`resolve_precision`.
+    """
+    merged = {**recipe_trainer, **user_trainer}
+    precision, reason = resolve_precision(merged.get("precision", AUTO_PRECISION), merged.get("accelerator", "auto"),
+                                          **probes)
+    values: dict[str, Any] = {"precision": precision}
+    notes = [f"precision: {precision} ({reason})"]
+    if _is_set(merged.get("deterministic")) and merged.get("benchmark") and "benchmark" not in user_trainer:
+        values["benchmark"] = False
+        notes.append("cudnn.benchmark: off (deterministic was asked for)")
+    return values, notes

@@ -57,7 +57,9 @@ class ImageDataModule(pl.LightningDataModule):
             ``~/.cache/tresnet-ft/datasets``); your folder or CSV/JSONL file for the others.
         image_size: training and evaluation resolution ``S``.
         batch_size: images per batch.
-        num_workers: loader processes; None picks one per core minus one (at most 8).
+        num_workers: loader processes per training process; None divides this machine's cores
+            among its training processes (one per device), minus one each for the training
+            loop, 1..8 each (:func:`~tresnet_ft.data.workers.workers_per_process`).
         dataset_options: passed to the dataset loader (e.g. ``{"num_images": 200}``).
         val_fraction: holdout share for ``val`` where the dataset supports one; None keeps the
             dataset's default (CIFAR/Cars: the official test set; folder/CSV: 0.1).
@@ -110,7 +112,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.dataset_name = dataset
         self.root = root
         self.batch_size = batch_size
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"Expected num_workers to be None (automatic) or >= 0, but got {num_workers}.")
+        self._num_workers = num_workers
         self.options = self._dataset_options(dataset_options, val_fraction, seed)
         self.transform_config = TransformConfig(
             image_size=image_size,
@@ -141,6 +145,14 @@ class ImageDataModule(pl.LightningDataModule):
         self._info: DatasetInfo | None = None
         self._mixer: BatchMixer | None = None
         self._unreadable_file: str | None = None
+
+    @property
+    def num_workers(self) -> int:
+        """Loader workers per process: as given, or this process's share of the machine's cores."""
+        if self._num_workers is not None:
+            return self._num_workers
+        trainer = self.trainer
+        return default_num_workers(trainer.num_devices if trainer is not None else 1)
 
     # -- what the model needs to know before it is built -------------------------------------
 

@@ -7,13 +7,32 @@ import os
 import cv2
 
 
-def default_num_workers() -> int:
-    """One loader worker per CPU core the process may use, minus one for the training loop (1..8)."""
+MAX_WORKERS_PER_PROCESS = 8  # more rarely helps one GPU and costs memory per worker
+
+
+def workers_per_process(cores: int, processes: int) -> int:
+    """Loader workers for each of ``processes`` training processes sharing ``cores`` CPU cores.
+
+    Each process gets its share of the cores, minus one for its own training loop, at least 1
+    and at most 8: ``workers_per_process(64, 8) == 7``, ``workers_per_process(2, 1) == 1``.
+    """
+    if cores < 1 or processes < 1:
+        raise ValueError(f"Expected cores and processes to be at least 1, but got cores={cores}, "
+                         f"processes={processes}.")
+    return max(1, min(MAX_WORKERS_PER_PROCESS, cores // processes - 1))
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask on Linux)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
+        return os.cpu_count() or 1
+
+
+def default_num_workers(processes: int = 1) -> int:
+    """Loader workers per process when ``processes`` processes on this machine share its cores (1..8)."""
+    return workers_per_process(usable_cores(), processes)
 
 
 def single_threaded_opencv() -> None:
