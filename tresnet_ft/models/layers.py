@@ -55,12 +55,62 @@ class _ShapeOnlyLinear(torch.autograd.Function):
         return ctx.backward_fn(grad, input_like), None, None
 
 
-class BlurPool2d(nn.Module):
-    """Anti-aliased stride-2 downsampling: reflect-pad by 1, then a fixed depthwise
-    ``[1, 2, 1] ⊗ [1, 2, 1] / 16`` filter with stride 2.
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """``channels_last`` for a dense NHWC 4-D tensor, else ``contiguous_format``."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _reflect_pad_1(x: torch.Tensor) -> torch.Tensor:
+    """Reflect-pad H and W by 1 with plain copies, keeping ``x``'s memory format.
+
+    ``F.pad(mode="reflect")`` has no NHWC CUDA kernel, so it would convert the layout both ways.
+    The values equal ``F.pad``'s, so the conv that follows gives bit-identical results.
 
     Shapes:
-        ``[N, C, H, W]`` -> ``[N, C, ceil(H/2), ceil(W/2)]``.
+        ``[N, C, H, W]`` -> ``[N, C, H+2, W+2]``; H, W >= 2.
+    """
+    n, c, h, w = x.shape
+    if h < 2 or w < 2:
+        raise ValueError(f"Reflect padding by 1 needs height and width >= 2, but got {h}x{w}.")
+    if torch.onnx.is_in_onnx_export():
+        # ONNX has a reflect Pad op; the writes below would export as a chain of ScatterNDs.
+        return F.pad(x, (1, 1, 1, 1), mode="reflect")
+    out = torch.empty((n, c, h + 2, w + 2), dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+    out[:, :, 1:-1, 1:-1] = x
+    out[:, :, 1:-1, 0] = x[:, :, :, 1]
+    out[:, :, 1:-1, -1] = x[:, :, :, -2]
+    # Full padded rows, so the corners reflect twice: (-1, -1) holds x[1, 1].
+    out[:, :, 0] = out[:, :, 2]
+    out[:, :, -1] = out[:, :, -3]
+    return out
+
+
+def _reflect_pad_1_backward(grad_padded: torch.Tensor, input_like: torch.Tensor) -> torch.Tensor:
+    """Gradient of :func:`_reflect_pad_1`: fold each border onto the row/column it copied.
+
+    Overwrites ``grad_padded`` (a temporary) and writes the result into ``input_like``.
+
+    Shapes:
+        ``grad_padded [N, C, H+2, W+2]``, ``input_like [N, C, H, W]`` -> ``[N, C, H, W]``.
+    """
+    g = grad_padded
+    # Rows first over the full width, so the corners reach x[1, 1] etc. via the column fold.
+    g[:, :, 2] += g[:, :, 0]
+    g[:, :, -3] += g[:, :, -1]
+    g[:, :, 1:-1, 2] += g[:, :, 1:-1, 0]
+    g[:, :, 1:-1, -3] += g[:, :, 1:-1, -1]
+    return input_like.copy_(g[:, :, 1:-1, 1:-1])
+
+
+class BlurPool2d(nn.Module):
+    """Anti-aliased stride-2 downsampling: reflect-pad by 1, then a fixed depthwise
+    ``[1, 2, 1] ⊗ [1, 2, 1] / 16`` filter with stride 2. Keeps the input's memory format in
+    forward and backward.
+
+    Shapes:
+        ``[N, C, H, W]`` -> ``[N, C, ceil(H/2), ceil(W/2)]``; H, W >= 2.
     """
 
     def __init__(self, channels: int) -> None:
@@ -70,15 +120,27 @@ class BlurPool2d(nn.Module):
         # Not persistent: it is a constant, and timm's state dicts do not carry it.
         self.register_buffer("filt", kernel.expand(channels, 1, 3, 3).contiguous(), persistent=False)
 
+    def _filter_like(self, x: torch.Tensor) -> torch.Tensor:
+        """The filter in ``x``'s dtype, with strides that name ``x``'s memory format.
+
+        With one input channel per group the filter counts as contiguous in both formats, yet the
+        conv backends pick the input gradient's layout from the weight's strides
+        (``conv2d_input`` passes only a stand-in input), so the strides are set by hand: a view.
+        """
+        c = self.filt.shape[0]
+        flat = self.filt.to(x.dtype).reshape(c, 9)
+        if _memory_format(x) == torch.channels_last:
+            return flat.view(c, 3, 3, 1).permute(0, 3, 1, 2)
+        return flat.view(c, 1, 3, 3)
+
     def _blur(self, x: torch.Tensor) -> torch.Tensor:
-        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        return F.conv2d(padded, self.filt.to(x.dtype), stride=2, groups=x.shape[1])
+        return F.conv2d(_reflect_pad_1(x), self._filter_like(x), stride=2, groups=x.shape[1])
 
     def _blur_backward(self, grad: torch.Tensor, input_like: torch.Tensor) -> torch.Tensor:
         n, c, h, w = input_like.shape
-        grad_padded = torch.nn.grad.conv2d_input((n, c, h + 2, w + 2), self.filt.to(grad.dtype), grad,
+        grad_padded = torch.nn.grad.conv2d_input((n, c, h + 2, w + 2), self._filter_like(input_like), grad,
                                                  stride=2, groups=c)
-        return torch.ops.aten.reflection_pad2d_backward(grad_padded, input_like, [1, 1, 1, 1])
+        return _reflect_pad_1_backward(grad_padded, input_like)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled() or not x.requires_grad:
