@@ -112,7 +112,7 @@ def test_blur_gradient_matches_reflect_padded_conv(hw):
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # the exporter's known ones
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 def test_onnx_export_keeps_a_single_reflect_pad(tmp_path):
     # Export takes F.pad's path: ONNX has a reflect Pad, the NHWC copies would become ScatterNDs.
     onnx = pytest.importorskip("onnx")
