@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from tresnet_ft import TResNetClassifier
-from tresnet_ft.callbacks import ThroughputProgressBar
+from tresnet_ft.progress import ThroughputProgressBar
 from tresnet_ft.data import ImageDataModule
 from tresnet_ft.models.host_syncs import HostSyncCounter
 

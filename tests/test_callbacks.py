@@ -14,12 +14,8 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from tresnet_ft.callbacks import (
-    PlotCallback,
-    ThroughputMeter,
-    ThroughputProgressBar,
-    count_images,
-)
+from tresnet_ft.callbacks import PlotCallback
+from tresnet_ft.progress import ThroughputMeter, ThroughputProgressBar, count_images
 
 NUM_CLASSES, IMAGE_SIZE = 3, 8
 SINGLE_LABEL_PNGS = {"curves", "confusion_matrix", "worst_predictions"}

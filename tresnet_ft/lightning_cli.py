@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
-from .callbacks import ThroughputProgressBar
+from .progress import ThroughputProgressBar
 from .checkpoint_io import SafeCheckpointIO
 from .data import ImageDataModule
 from .models.weights import read_checkpoint
