@@ -19,22 +19,16 @@ from torch._dynamo.utils import counters
 
 from tresnet_ft import create_model
 from tresnet_ft.models.memory import saved_activation_bytes
-from tresnet_ft.models.norm_act import BatchNormAct2d, refresh_invertibility
+from tresnet_ft.models.norm_act import refresh_invertibility
 
-
-def _pretrained_like(model: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, BatchNormAct2d):
-                m.weight.fill_(1.0)
-    return model
+from bench_model import pretrained_like  # this folder is on sys.path when run as a script
 
 
 def measure(norm: str, x: torch.Tensor, steps: int) -> dict[str, float]:
     """Eager and compiled saved bytes, compile time, graphs and graph breaks for one norm."""
     torch._dynamo.reset()
     counters.clear()
-    model = _pretrained_like(create_model("tresnet_m", 10, norm=norm)).train()
+    model = pretrained_like(create_model("tresnet_m", 10, norm=norm)).train()
     result = {"eager": saved_activation_bytes(model, x)}
     model.compile()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)

@@ -51,7 +51,7 @@ def _infer_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
-def _pretrained_like(model: torch.nn.Module) -> torch.nn.Module:
+def pretrained_like(model: torch.nn.Module) -> torch.nn.Module:
     """Give every norm a non-zero scale, as after loading published weights."""
     with torch.no_grad():
         for m in model.modules():
@@ -74,7 +74,7 @@ def main() -> None:
     target = torch.randint(0, 1000, (args.batch,))
 
     def build(norm: str, channels_last: bool) -> torch.nn.Module:
-        return _pretrained_like(create_model("tresnet_m", 1000, norm=norm, channels_last=channels_last))
+        return pretrained_like(create_model("tresnet_m", 1000, norm=norm, channels_last=channels_last))
 
     baseline = build("bn", channels_last=False)
     bn_nhwc = build("bn", channels_last=True)
