@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from .cli import training_args
+from .cli import check_training_inputs, training_args
 
 
 def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
@@ -36,9 +36,10 @@ def fit(recipe: str = "quickstart", logger: Optional[str] = None, **overrides: A
         ``(module, best_checkpoint_path)``: the trained :class:`TResNetClassifier` (its weights
         are the final ones, EMA-averaged when EMA is on) and the path of the best checkpoint.
     """
+    argv = ["fit", "--recipe", recipe] + (["--logger", logger] if logger else []) + override_args(overrides)
+    check_training_inputs(argv)  # first: missing weights or data fail it in seconds
+    args, run_name = training_args(argv)
     from .lightning_cli import run_cli
 
-    argv = ["fit", "--recipe", recipe] + (["--logger", logger] if logger else []) + override_args(overrides)
-    args, run_name = training_args(argv)
     cli = run_cli(args, run_name)
     return cli.model, cli.trainer.checkpoint_callback.best_model_path

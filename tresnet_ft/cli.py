@@ -8,7 +8,9 @@
     tresnet-ft smoke                         offline check that training works on this machine
 
 Training commands are Lightning's CLI: the recipe is the base config, later flags override it,
-``--print_config`` shows the merged result. User mistakes end with one line and exit code 2.
+``--print_config`` shows the merged result, ``--help`` shows the values a command would run with.
+Weights and data files the run cannot get are all listed in one error before anything slow starts.
+User mistakes end with one line and exit code 2.
 """
 from __future__ import annotations
 
@@ -85,30 +87,48 @@ def _yaml_value(text: str) -> Any:
 
 # Trainer settings whose recipe value depends on the machine or on each other (recipe.resolve_trainer_settings).
 RESOLVED_TRAINER_KEYS = ("accelerator", "precision", "deterministic", "benchmark")
+CONFIG_SECTIONS = ("trainer", "model", "data")
+HELP_FLAGS = ("-h", "--help")
+
+
+def _asks_for_info(args: Sequence[str]) -> bool:
+    """Whether ``args`` only ask for help or the merged config: nothing will run."""
+    return any(arg in HELP_FLAGS or arg.startswith("--print_config") for arg in args)
+
+
+def _user_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """What ``args`` set on top of the recipe, as one nested config: ``--config`` files (or YAML
+    strings), whole sections (``--data FILE``) and ``--SECTION.KEY VALUE`` flags; a later one
+    wins, as in LightningCLI. Read before Lightning is imported, so what is unreadable here is
+    left out: LightningCLI reports it."""
+    from .recipe import deep_merge
+
+    overrides: dict[str, Any] = {}
+    for name, value in _options(args):
+        key = name[2:]
+        if key == "config":
+            layer = _yaml_value(_read_if_file(value))
+        elif key.split(".", 1)[0] in CONFIG_SECTIONS:  # --data FILE_OR_YAML, --data.root DIR, ...
+            layer = _yaml_value(_read_if_file(value) if key in CONFIG_SECTIONS else value)
+            for part in reversed(key.split(".")):
+                layer = {part: layer}
+        else:
+            continue
+        if isinstance(layer, dict):
+            overrides = deep_merge(overrides, layer)
+    return overrides
 
 
 def _user_trainer_settings(args: Sequence[str]) -> dict[str, Any]:
-    """The ``RESOLVED_TRAINER_KEYS`` that ``args`` sets, from ``--config`` files (or YAML strings)
-    and ``--trainer.KEY`` flags; a later one wins, as in LightningCLI."""
-    settings: dict[str, Any] = {}
-    for name, value in _options(args):
-        if name == "--config":
-            config = _yaml_value(_read_if_file(value))
-            trainer = config.get("trainer") if isinstance(config, dict) else None
-            if isinstance(trainer, dict):
-                settings.update({k: v for k, v in trainer.items() if k in RESOLVED_TRAINER_KEYS})
-        elif name.startswith("--trainer.") and name[len("--trainer."):] in RESOLVED_TRAINER_KEYS:
-            settings[name[len("--trainer."):]] = _yaml_value(value)
-    return settings
+    """The ``RESOLVED_TRAINER_KEYS`` that ``args`` sets (see :func:`_user_overrides`)."""
+    trainer = _user_overrides(args).get("trainer")
+    return {k: v for k, v in trainer.items() if k in RESOLVED_TRAINER_KEYS} if isinstance(trainer, dict) else {}
 
 
-def _resolve_machine_settings(recipe: Recipe, rest: list[str]) -> tuple[Recipe, list[str]]:
+def _resolve_machine_settings(recipe: Recipe, rest: list[str]) -> tuple[Recipe, list[str], list[str]]:
     """The recipe with ``precision: auto`` (and ``benchmark`` under ``deterministic``) resolved for
-    this machine and the user's flags; the flags with a ``--trainer.precision`` Lightning accepts."""
-    # Lightning first: importing it sets PYTORCH_NVML_BASED_CUDA_CHECK, so asking whether CUDA is
-    # there creates no CUDA state that would stop Lightning from forking DDP workers later.
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
+    this machine and the user's flags; the flags with a ``--trainer.precision`` Lightning accepts;
+    one line per decision."""
     from .recipe import deep_merge, resolve_trainer_settings
 
     rest, precision_flag = _pop_option(rest, "--trainer.precision")  # may be "auto": Lightning would refuse it
@@ -116,12 +136,33 @@ def _resolve_machine_settings(recipe: Recipe, rest: list[str]) -> tuple[Recipe, 
     if precision_flag is not None:
         user_trainer["precision"] = _yaml_value(precision_flag)
     resolved, notes = resolve_trainer_settings(recipe.config.get("trainer") or {}, user_trainer)
-    if getattr(rank_zero_only, "rank", 0) == 0:  # DDP workers re-run this command: one report
-        for note in notes:
-            log.info(note)
     if "precision" in user_trainer:  # the user's word is the last one, as it was on their line
         rest = rest + [f"--trainer.precision={resolved['precision']}"]
-    return dataclasses.replace(recipe, config=deep_merge(recipe.config, {"trainer": resolved})), rest
+    return dataclasses.replace(recipe, config=deep_merge(recipe.config, {"trainer": resolved})), rest, notes
+
+
+def _split_training_argv(argv: Sequence[str]) -> tuple[str, Recipe, Optional[str], Optional[str], list[str]]:
+    """``fit --recipe R [flags]`` -> the command, the recipe, ``--logger``, ``--ckpt_path`` and
+    the flags left for LightningCLI."""
+    from .recipe import load_recipe
+
+    command, rest = argv[0], list(argv[1:])
+    rest, recipe_name = _pop_option(rest, "--recipe")
+    rest, logger_names = _pop_option(rest, "--logger")
+    rest, ckpt_path = _pop_option(rest, "--ckpt_path")
+    return command, load_recipe(recipe_name or "quickstart"), logger_names, ckpt_path, rest
+
+
+def check_training_inputs(argv: Sequence[str]) -> None:
+    """Raise one error listing every weights or data file that ``fit --recipe R [flags]`` needs
+    and cannot get now (see :mod:`tresnet_ft.preflight`). Call it first: it imports no Lightning,
+    so an offline run fails within seconds. Help and ``--print_config`` need no files."""
+    from .preflight import check_inputs
+    from .recipe import deep_merge
+
+    _, recipe, _, ckpt_path, rest = _split_training_argv(argv)
+    if not _asks_for_info(rest):
+        check_inputs(deep_merge(recipe.config, _user_overrides(rest)), weights=ckpt_path is None)
 
 
 def training_args(argv: Sequence[str]) -> tuple[list[str], str]:
@@ -134,15 +175,20 @@ def training_args(argv: Sequence[str]) -> tuple[list[str], str]:
     ``--trainer.precision auto``) becomes the best precision for this machine, logged with the
     reason; an explicit precision is kept. Returns the arguments and the run name.
     """
-    from . import loggers
-    from .recipe import load_recipe, write_merged
+    from .recipe import write_merged
     from .runs import CHECKPOINT_ALIASES, find_checkpoint, run_of_checkpoint
 
-    command, rest = argv[0], list(argv[1:])
-    rest, recipe_name = _pop_option(rest, "--recipe")
-    rest, logger_names = _pop_option(rest, "--logger")
-    rest, ckpt_path = _pop_option(rest, "--ckpt_path")
-    recipe, rest = _resolve_machine_settings(load_recipe(recipe_name or "quickstart"), rest)
+    command, recipe, logger_names, ckpt_path, rest = _split_training_argv(argv)
+    # Lightning first: importing it sets PYTORCH_NVML_BASED_CUDA_CHECK, so asking whether CUDA is
+    # there creates no CUDA state that would stop Lightning from forking DDP workers later.
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from . import loggers
+
+    recipe, rest, notes = _resolve_machine_settings(recipe, rest)
+    if getattr(rank_zero_only, "rank", 0) == 0 and not _asks_for_info(rest):  # DDP workers re-run this: one report
+        for note in notes:
+            log.info(note)
     if ckpt_path in CHECKPOINT_ALIASES:
         ckpt_path = str(find_checkpoint(loggers.RUNS_DIR, recipe.name, ckpt_path))
     run = run_of_checkpoint(ckpt_path) if ckpt_path and command == "fit" else None
@@ -159,11 +205,40 @@ def training_args(argv: Sequence[str]) -> tuple[list[str], str]:
     return args + rest, recipe.name
 
 
+TRAINING_USAGE = ("tresnet-ft {command} [--recipe NAME|FILE] [--logger LIST] [--ckpt_path last|best|FILE] "
+                  "[--config FILE] [--SECTION.KEY VALUE ...]")
+# Ours first: LightningCLI's own list below runs to hundreds of lines and knows none of these.
+TRAINING_HELP = """Every setting listed below can be changed with --SECTION.KEY VALUE. The defaults shown are
+what this command would run with: recipe {recipe!r}, then your --config files and flags.
+
+tresnet-ft options (before LightningCLI's own):
+  --recipe NAME|FILE    a shipped recipe (tresnet-ft recipes lists them) or a YAML file;
+                        default: quickstart
+  --logger LIST         comma-separated, of csv, tensorboard, wandb; default: csv,tensorboard
+  --ckpt_path last|best|FILE
+                        last or best: the newest such checkpoint of this recipe's runs; fit
+                        from a checkpoint of a run continues that run's folder
+  --print_config        show the merged settings and stop
+
+examples:
+  tresnet-ft fit --recipe quickstart                     offline demo, minutes on a CPU
+  tresnet-ft fit --recipe folder --data.root photos/ --trainer.max_epochs 10 --logger csv,wandb
+  {resume_example}"""
+RESUME_EXAMPLES = {
+    "fit": "tresnet-ft fit --recipe folder --data.root photos/ --ckpt_path last   continue the newest run",
+    "validate": "tresnet-ft validate --recipe folder --data.root photos/ --ckpt_path best",
+    "test": "tresnet-ft test --recipe folder --data.root photos/ --ckpt_path best",
+}
+
+
 def _run_training(argv: Sequence[str]) -> int:
+    check_training_inputs(argv)
+    args, run_name = training_args(argv)
     from .lightning_cli import run_cli
 
-    args, run_name = training_args(argv)
-    run_cli(args, run_name)
+    command = argv[0]
+    run_cli(args, run_name, usage=TRAINING_USAGE.format(command=command),
+            description=TRAINING_HELP.format(recipe=run_name, resume_example=RESUME_EXAMPLES[command]))
     return 0
 
 

@@ -1,11 +1,14 @@
 """LightningCLI wiring: the classifier, the DataModule, and the links between them."""
 from __future__ import annotations
 
+import argparse
+import difflib
 import logging
 import pickle
 import warnings
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
@@ -39,6 +42,13 @@ def _quiet_lightning() -> None:
             handler.addFilter(_drop_noise)
 
 
+HELP_FLAGS = ("-h", "--help")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, except that a description keeps its line breaks (options, examples)."""
+
+
 class TResNetCLI(LightningCLI):
     """Lightning's CLI with the data → model links, so nothing is typed twice."""
 
@@ -46,6 +56,37 @@ class TResNetCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {name: spec for name, spec in LightningCLI.subcommands().items()
                 if name in ("fit", "validate", "test")}
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        if isinstance(args, list) and set(HELP_FLAGS) & set(args):
+            self._show_values_as_defaults(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            command = args[0] if isinstance(args, list) and args else None
+            raise _with_suggestion(err, getattr(self, "_subcommand_parsers", {}).get(command, parser)) from None
+
+    def _show_values_as_defaults(self, parser: Any, args: list[str]) -> None:
+        """Make ``--help`` list what this command would run with (the recipe, then the user's
+        configs and flags) as each option's default, instead of the classes' own defaults."""
+        subparser = getattr(self, "_subcommand_parsers", {}).get(args[0])
+        if subparser is None:
+            return
+        without_help = [arg for arg in args if arg not in HELP_FLAGS]
+        configs_only = args[:1]
+        for flag, value in zip(args, args[1:]):
+            if flag == "--config":
+                configs_only += [flag, value]
+        for candidate in (without_help, configs_only):  # a bad flag must not hide the recipe's values
+            try:
+                values = parser.parse_args(candidate)[args[0]]
+            except argparse.ArgumentError:
+                continue
+            flat = vars(values.clone().as_flat())
+            flat.pop("config", None)  # ActionConfigFile takes no default
+            flat.pop("__path__", None)
+            subparser.set_defaults(flat)
+            return
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads --ckpt_path's hyperparameters here (torch.load, weights_only=True); a
@@ -76,18 +117,44 @@ class TResNetCLI(LightningCLI):
             parser.link_arguments(f"data.{key}", f"model.{key}")
 
 
-def run_cli(args: Sequence[str], run_name: str, run: bool = True) -> TResNetCLI:
+def _with_suggestion(err: argparse.ArgumentError, parser: Any) -> argparse.ArgumentError:
+    """``err`` with "did you mean --trainer.max_epochs?" when an unrecognized flag is a near miss."""
+    message = str(err)
+    if not message.startswith("unrecognized arguments:"):
+        return err
+    # argparse has no public list of a parser's options; this dict is where every one is registered.
+    known = [option for option in parser._option_string_actions if option.startswith("--")]
+    for flag in message.split()[2:]:
+        close = difflib.get_close_matches(flag.split("=")[0], known, n=1, cutoff=0.85) if flag.startswith("--") else []
+        if close:
+            return argparse.ArgumentError(None, f"{message}; did you mean {close[0]}?")
+    return err
+
+
+def _parser_kwargs(command: Optional[str], usage: Optional[str], description: Optional[str]) -> dict[str, Any]:
+    # No abbreviations: argparse would take --trainer.max_epoch (a typo) for --trainer.max_epochs.
+    strict = {"allow_abbrev": False}
+    per_command = {name: dict(strict) for name in TResNetCLI.subcommands()}
+    if command in per_command:
+        per_command[command].update({k: v for k, v in (("usage", usage), ("description", description)) if v})
+    # A bad flag raises (one line from tresnet_ft.cli.main), not a page of usage.
+    return {"default_env": False, "exit_on_error": False, "formatter_class": _HelpFormatter, **strict, **per_command}
+
+
+def run_cli(args: Sequence[str], run_name: str, run: bool = True, usage: Optional[str] = None,
+            description: Optional[str] = None) -> TResNetCLI:
     """Run ``fit|validate|test`` with LightningCLI arguments ``args``; report where things went.
 
     With ``run=False`` the model, data and trainer are only built (the subcommand is dropped).
+    ``usage`` and ``description`` head the subcommand's ``--help``.
     """
+    command = args[0] if args else None
     args = list(args) if run else list(args)[1:]
     _quiet_lightning()
     cli = TResNetCLI(TResNetClassifier, ImageDataModule, args=args, run=run,
                      trainer_defaults={"callbacks": [ThroughputProgressBar()]},
                      save_config_kwargs={"overwrite": True},
-                     # A bad flag raises (one line from tresnet_ft.cli.main), not a page of usage.
-                     parser_kwargs={"default_env": False, "exit_on_error": False},
+                     parser_kwargs=_parser_kwargs(command, usage, description),
                      auto_configure_optimizers=False)
     if run:
         _report(cli, run_name)

@@ -3,7 +3,8 @@
 ``ensure_dataset_files`` is what each dataset calls: files a user already placed in the official
 layout are used as they are; missing ones are downloaded (and archives extracted safely) when
 allowed; otherwise a :class:`DatasetNotFoundError` names the dataset, the folder it looked in and
-the files to put there.
+the files to put there. ``unreachable_urls`` asks servers whether they answer at all, so that a
+run can list everything it cannot fetch before it starts (``tresnet_ft.preflight``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import hashlib
 import http.client
 import logging
 import os
+import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +51,54 @@ class RemoteFile:
     extract_to: str | None = None  # folder (relative to the dataset folder) to unpack into
 
 
+@dataclass(frozen=True)
+class MissingInput:
+    """A file a run needs that is not on disk: what it is, how to put it there by hand, and the
+    URL it would be downloaded from (None: it will not be downloaded, e.g. downloads are off)."""
+
+    what: str
+    fix: str
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class MissingFiles:
+    """Files of a dataset that are not in its folder, and the published files that provide them."""
+
+    dataset: str
+    folder: Path
+    missing: tuple[str, ...]
+    sources: tuple[RemoteFile, ...]
+
+    def what(self) -> str:
+        return f"Dataset {self.dataset!r} not found in {self.folder}: missing {', '.join(self.missing)}."
+
+    def fix(self, download: bool) -> str:
+        """How to get the files; advises turning downloads on only when they are off."""
+        if not self.sources:
+            return ""
+        lines = ["Fix: put these published files in that folder (archives unpacked in place):"]
+        lines += [f"  {s.filename}  from {s.url}  (MD5 {s.md5})" for s in self.sources]
+        lines.append("or run again on a machine with network access." if download
+                     else "or run again with download=True on a machine with network access.")
+        return "\n".join(lines)
+
+    def as_input(self, download: bool) -> MissingInput:
+        # One URL stands for all: a dataset's files come from one server.
+        return MissingInput(self.what(), self.fix(download),
+                            self.sources[0].url if download and self.sources else None)
+
+
 class DatasetNotFoundError(FileNotFoundError):
-    """The dataset's files are not on disk and could not be downloaded."""
+    """The dataset's files are not on disk and could not be downloaded.
+
+    ``files`` says which, when known, so that a check before training can list them together
+    with everything else that is missing.
+    """
+
+    def __init__(self, message: str, files: MissingFiles | None = None) -> None:
+        super().__init__(message)
+        self.files = files
 
 
 def file_md5(path: str | os.PathLike) -> str:
@@ -171,8 +221,9 @@ def ensure_dataset_files(
     missing = [name for name in required if not (folder / name).exists()]
     if not missing:
         return
+    files = MissingFiles(dataset, folder, tuple(missing), tuple(sources))
     if not download or not sources:
-        raise DatasetNotFoundError(_not_found_message(dataset, folder, missing, sources, None))
+        raise DatasetNotFoundError(_not_found_message(files, download, None), files)
     try:
         for source in sources:
             local = download_file(source.url, folder / source.filename, source.md5, progress)
@@ -185,9 +236,7 @@ def ensure_dataset_files(
         http.client.HTTPException,
     ) as error:
         reason = getattr(error, "reason", None) or error
-        raise DatasetNotFoundError(
-            _not_found_message(dataset, folder, missing, sources, reason)
-        ) from error
+        raise DatasetNotFoundError(_not_found_message(files, download, reason), files) from error
     still_missing = [name for name in required if not (folder / name).exists()]
     if still_missing:
         raise ValueError(
@@ -196,20 +245,47 @@ def ensure_dataset_files(
         )
 
 
-def _not_found_message(
-    dataset: str,
-    folder: Path,
-    missing: Sequence[str],
-    sources: Sequence[RemoteFile],
-    reason: object,
-) -> str:
-    lines = [f"Dataset {dataset!r} not found in {folder}: missing {', '.join(missing)}."]
+def _not_found_message(files: MissingFiles, download: bool, reason: object) -> str:
+    lines = [files.what()]
     if reason is not None:
         lines.append(f"Downloading failed ({reason}); this machine may be offline.")
-    if sources:
-        lines.append("Fix: put these published files in that folder (archives unpacked in place):")
-        lines += [
-            f"  {source.filename}  from {source.url}  (MD5 {source.md5})" for source in sources
-        ]
-        lines.append("or run again with download=True on a machine with network access.")
-    return "\n".join(lines)
+    fix = files.fix(download)
+    return "\n".join(lines + ([fix] if fix else []))
+
+
+# -- can the network be reached at all? -------------------------------------------------------
+
+PROBE_TIMEOUT_S = 3.0
+
+
+def unreachable_urls(urls: Iterable[str], timeout: float = PROBE_TIMEOUT_S) -> dict[str, str]:
+    """The URLs among ``urls`` whose server does not answer a HEAD request within ``timeout``
+    seconds in all, each with the reason. Any HTTP answer, an error status included, counts as
+    reached; so do non-HTTP URLs (``file://``). Proxies apply as for a download.
+
+    All are asked at once, each in a daemon thread: name resolution has no timeout of its own, and
+    an unanswered one must hold up neither the answer nor the end of the process.
+    """
+    failures: dict[str, str] = {}
+    threads = {url: threading.Thread(target=_probe, args=(url, timeout, failures), daemon=True)
+               for url in set(urls) if urllib.parse.urlsplit(url).scheme in ("http", "https")}
+    for thread in threads.values():
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for url, thread in threads.items():
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            failures.setdefault(url, f"no answer within {timeout:g} s")
+    return dict(failures)  # a copy: a thread past the deadline may still write to the original
+
+
+def _probe(url: str, timeout: float, failures: dict[str, str]) -> None:
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as answer:  # the server answered
+        answer.close()
+    except urllib.error.URLError as error:
+        failures[url] = str(error.reason)
+    except (OSError, http.client.HTTPException) as error:  # timeouts, resets, bad answers
+        failures[url] = str(error) or type(error).__name__

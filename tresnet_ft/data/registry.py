@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from . import cars, cifar, flowers, folder, quickstart, tabular
 from .base import DatasetInfo, check_split
-from .download import default_data_root
+from .download import DatasetNotFoundError, MissingInput, default_data_root
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,27 @@ def resolve_root(name: str, root: str | Path | None) -> Path:
             f"Dataset {name!r} reads your own data: expected root to be its folder or file, but got None."
         )
     return default_data_root()
+
+
+def missing_dataset(name: str, root: str | Path | None, download: bool) -> MissingInput | None:
+    """What of dataset ``name`` is not on disk yet, with how to get it; None when nothing is.
+
+    Touches no network: published files count as missing here, with the URL they would be
+    downloaded from when ``download`` is on. Your own folder or file only has to exist; its
+    layout is checked when the data is described.
+    """
+    entry = get_entry(name)
+    folder = resolve_root(name, root)
+    if entry.root_is_data:
+        return None if folder.exists() else MissingInput(
+            f"Data {folder} does not exist.", "Fix: set data.root to your image folder or CSV/JSONL file.")
+    try:
+        entry.prepare(folder, False, False)
+    except DatasetNotFoundError as error:
+        if error.files is None:  # no published files to download (Stanford Cars): the message says it all
+            return MissingInput(str(error), "")
+        return error.files.as_input(download)
+    return None
 
 
 def check_options(name: str, function: Callable[..., Any], options: dict[str, Any]) -> None:

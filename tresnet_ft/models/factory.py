@@ -49,6 +49,13 @@ def _resolve_source(arch: str, name_tag: Optional[str], pretrained: Pretrained) 
                      f"a URL or a weights file, but got {source!r}.")
 
 
+def pretrained_source(name: str, pretrained: Pretrained = None) -> Optional[str]:
+    """What ``create_model(name, pretrained=pretrained)`` loads: ``None``, a published ``arch.tag``,
+    a URL or a local path. Raises ValueError for an unknown name or ``pretrained`` value."""
+    arch, tag = _split_name(name)
+    return _resolve_source(arch, tag, pretrained)
+
+
 def _fetch(source: str) -> Path:
     if source in PRETRAINED:
         return download_from_hub(source)
@@ -128,8 +135,8 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained: Pretr
         >>> model(torch.rand(2, 3, 224, 224)).shape
         torch.Size([2, 10])
     """
-    arch, tag = _split_name(name)
-    source = _resolve_source(arch, tag, pretrained)
+    arch = _split_name(name)[0]
+    source = pretrained_source(name, pretrained)
     cfg = PRETRAINED.get(source) if source else None
     if num_classes is None:
         num_classes = cfg.num_classes if cfg else 1000

@@ -20,9 +20,12 @@ import re
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
+
+if TYPE_CHECKING:
+    from ..data.download import MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +94,39 @@ def _offline_message(what: str, where: str) -> str:
             "--model.pretrained /path/to/model.safetensors.")
 
 
+HUB_FILE = "model.safetensors"
+
+
 def download_from_hub(name: str) -> Path:
     """Fetch ``model.safetensors`` of the published ``arch.tag`` into the Hugging Face cache.
 
-    Honours ``HF_HUB_OFFLINE=1`` (cache only).
+    Honours ``HF_HUB_OFFLINE=1`` (cache only). When the hub cannot be reached the error comes at
+    once, not after the hub client's retries (about 23 s).
     """
     import huggingface_hub
     from huggingface_hub import constants
 
     cfg = PRETRAINED[name]
+    where = f"hub id {cfg.hub_id}, cache folder {constants.HF_HUB_CACHE}"
+    missing = _missing_hub_weights(name)
+    if missing is not None and missing.url is not None:  # not cached, and the network may be tried
+        from ..data.download import unreachable_urls
+
+        failure = unreachable_urls([missing.url]).get(missing.url)
+        if failure is not None:
+            raise WeightsUnavailableError(_offline_message(f"pretrained weights {name!r}", where)
+                                          + f" ({constants.ENDPOINT}: {failure})")
     try:
-        return Path(huggingface_hub.hf_hub_download(cfg.hub_id, "model.safetensors"))
+        return Path(huggingface_hub.hf_hub_download(cfg.hub_id, HUB_FILE))
     except Exception as err:  # the hub raises many types for "offline", "no cache", "no repo"
-        where = f"hub id {cfg.hub_id}, cache folder {constants.HF_HUB_CACHE}"
         raise WeightsUnavailableError(_offline_message(f"pretrained weights {name!r}", where)
                                       + f" ({type(err).__name__})") from None
+
+
+def url_cache_path(url: str, cache_dir: Path | None = None) -> Path:
+    """Where :func:`download_url` keeps the file of ``url``."""
+    cache_dir = WEIGHTS_CACHE if cache_dir is None else Path(cache_dir)
+    return cache_dir / Path(url.split("?")[0]).name
 
 
 def download_url(url: str, cache_dir: Path | None = None) -> Path:
@@ -118,15 +139,51 @@ def download_url(url: str, cache_dir: Path | None = None) -> Path:
     # Plain Python, imported late: `import tresnet_ft.models` stays light.
     from ..data.download import download_file
 
-    cache_dir = WEIGHTS_CACHE if cache_dir is None else Path(cache_dir)
-    target = cache_dir / Path(url.split("?")[0]).name
+    target = url_cache_path(url, cache_dir)
     if target.exists():
         return target
     try:
         return download_file(url, target, md5=None, progress=True)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:  # OSError: ConnectionError, timeouts
-        raise WeightsUnavailableError(_offline_message(f"weights from {url}", str(cache_dir))
+        raise WeightsUnavailableError(_offline_message(f"weights from {url}", str(target.parent))
                                       + f" ({err})") from None
+
+
+def missing_weights(source: str) -> Optional[MissingInput]:
+    """What keeps ``source`` (a published ``arch.tag``, a URL or a file) from loading without the
+    network: a :class:`~tresnet_ft.data.download.MissingInput`, or None when it is on disk.
+    Touches no network."""
+    from ..data.download import MissingInput
+
+    if source in PRETRAINED:
+        return _missing_hub_weights(source)
+    if "://" in source:
+        target = url_cache_path(source)
+        return None if target.exists() else MissingInput(
+            f"Weights {source} are not in the download cache {target.parent}.",
+            "Fix: download the file elsewhere and pass its path: --model.pretrained /path/to/file.", source)
+    path = Path(source).expanduser()
+    return None if path.is_file() else MissingInput(
+        f"Weights file {path} does not exist.",
+        "Fix: check the path, or pass a published tag instead (tresnet-ft models lists them).")
+
+
+def _missing_hub_weights(name: str) -> Optional[MissingInput]:
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from ..data.download import MissingInput
+
+    hub_id = PRETRAINED[name].hub_id
+    if isinstance(huggingface_hub.try_to_load_from_cache(hub_id, HUB_FILE), str):
+        return None
+    offline = constants.HF_HUB_OFFLINE  # the user said not to try the network: we do not
+    what = (f"Could not fetch pretrained weights {name!r}: not in the Hugging Face cache {constants.HF_HUB_CACHE}"
+            + (", and HF_HUB_OFFLINE=1 forbids downloading." if offline else "."))
+    fix = (f"Fix: run once with network access{' and HF_HUB_OFFLINE unset' if offline else ''} to fill the "
+           f"cache, or download {HUB_FILE} from {constants.ENDPOINT}/{hub_id} elsewhere and pass "
+           f"--model.pretrained /path/to/{HUB_FILE}.")
+    return MissingInput(what, fix, None if offline else f"{constants.ENDPOINT}/{hub_id}")
 
 
 # --- reading --------------------------------------------------------------------------------
