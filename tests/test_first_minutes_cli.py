@@ -203,3 +203,15 @@ def test_probe_counts_any_answer_and_reports_why_the_rest_failed():
     assert set(failures) == {mute, f"{DEAD}/x"}  # a 404 is an answer; file:// needs no network
     assert "refused" in failures[f"{DEAD}/x"].lower()
     assert "timed out" in failures[mute] or "no answer" in failures[mute]
+
+
+def test_importing_the_package_turns_off_albumentations_online_version_check():
+    """albumentations asks PyPI for a newer release on import: a 2 s wait on an offline machine."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    code = "import tresnet_ft.data, os; print(os.environ['NO_ALBUMENTATIONS_UPDATE'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"

@@ -3,7 +3,12 @@
 ``create_model`` and the rest of the model API import without Lightning; ``ImageDataModule``,
 ``TResNetClassifier`` and ``fit`` load it on first use.
 """
+import os
 from typing import Any
+
+# albumentations asks PyPI for a newer version when imported (a 2 s wait on an offline machine);
+# users who want that check can still set the variable to 0.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from .models import (ARCHS, PRETRAINED, TResNet, UnsafeCheckpointError, WeightsUnavailableError,
                      convert_sync_norm, create_model, fuse_for_inference, list_pretrained)
