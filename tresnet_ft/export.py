@@ -8,8 +8,11 @@ The exported graph is the norm-folded model (:func:`tresnet_ft.fuse_for_inferenc
 * output ``logits``: ``float32 [B, K]``; apply softmax (single-label) or sigmoid (multi-label);
 * the batch axis ``B`` is dynamic; ``S`` is fixed at the checkpoint's ``image_size``.
 
-ONNX goes through PyTorch's TorchScript-based exporter (``dynamo=False``): the newer
-``torch.export``-based exporter needs the ``onnxscript`` package, which is not a dependency.
+ONNX goes through PyTorch's TorchScript-based exporter (``dynamo=False``), which needs the ``onnx``
+package (a dependency; without it the error names the ``pip install``); the newer
+``torch.export``-based exporter would also need ``onnxscript``, which is not a dependency. The check
+runs the file with ``onnxruntime`` (also a dependency; without it the export is kept unverified,
+with a warning that names the ``pip install``).
 TorchScript is a trace (``torch.jit.trace``), loadable with ``torch.jit.load`` without this package.
 
 The file is written next to ``output`` under a temporary name, run on a sample batch and compared
@@ -35,6 +38,7 @@ from torch import nn
 from .checkpoint import ClassifierInfo
 from .inference.exportable import INPUT_DTYPES, exportable_model, sample_batch
 from .inference.loading import open_checkpoint
+from .inference.packages import import_package
 from .inference.sidecar import sidecar_metadata, write_sidecar
 from .models.fuse import fuse_for_inference
 
@@ -63,6 +67,9 @@ class ExportReport:
         checked_batch_sizes: the batch sizes the outputs were compared at.
         max_abs_diff: largest absolute logit difference from the unfused PyTorch model (None: not run).
         seconds: wall time of the export and the check.
+        unchecked_because: why the check did not run (None when it ran).
+
+    ``str(report)`` says the same in sentences: what was written where, and the check's result.
     """
 
     format: str
@@ -75,6 +82,19 @@ class ExportReport:
     checked_batch_sizes: tuple[int, ...]
     max_abs_diff: float | None
     seconds: float
+    unchecked_because: str | None = None
+
+    def __str__(self) -> str:
+        kind = f"ONNX opset {self.opset}" if self.format == "onnx" else "TorchScript"
+        size = self.image_size
+        wrote = (f"Wrote {self.path} ({kind}; input 'images' {self.input_dtype} [B, 3, {size}, {size}], "
+                 f"output 'logits') and {self.sidecar.name} (classes, preprocessing, "
+                 f"thresholds) in {self.seconds:.1f} s.")
+        if self.checked_with is None:
+            return f"{wrote} Not verified: {self.unchecked_because}."
+        sizes = " and ".join(str(size) for size in self.checked_batch_sizes)
+        return (f"{wrote} Verified with {self.checked_with}: the same logits as PyTorch at batch sizes "
+                f"{sizes} (max abs difference {self.max_abs_diff:.1e}).")
 
 
 def export_model(checkpoint: str | Path, format: str, output: Path, opset: int = 17, check: bool = True,
@@ -99,6 +119,8 @@ def export_model(checkpoint: str | Path, format: str, output: Path, opset: int =
         ExportCheckError: the check found larger differences than ``tolerance`` (nothing is written).
     """
     _check_options(format, batch_size_check, output, input_dtype)
+    if format == "onnx":  # before the checkpoint loads: a missing package fails fast
+        import_package("onnx", "ONNX export")
     output, started = Path(output), time.perf_counter()
     loaded = open_checkpoint(checkpoint)
     info = loaded.info
@@ -107,21 +129,20 @@ def export_model(checkpoint: str | Path, format: str, output: Path, opset: int =
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         _write(format, model, sample_batch(info, batch_size_check, input_dtype), partial, opset)
-        checked_with, sizes, diff = None, (), None
+        checked_with, sizes, diff, unchecked = None, (), None, "the check was turned off (check=False)"
         if check:
             reference = exportable_model(loaded.model, info, input_dtype)  # unfused: what training made
             checked_with, sizes, diff = _check_export(format, partial, reference, info, batch_size_check,
                                                       input_dtype, tolerance)
+            unchecked = None if checked_with else "onnxruntime is not installed (pip install onnxruntime)"
         os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)
     opset_used = opset if format == "onnx" else None
     sidecar = write_sidecar(output, sidecar_metadata(info, output.name, format, input_dtype, opset_used, diff))
     report = ExportReport(format, output, sidecar, input_dtype, info.image_size, opset_used, checked_with,
-                          sizes, diff, time.perf_counter() - started)
-    log.info("Exported %s to %s (%s input [B, 3, %d, %d]; checked with %s, max abs diff %s) and %s",
-             Path(checkpoint).name, output, input_dtype, info.image_size, info.image_size, checked_with,
-             "n/a" if diff is None else f"{diff:.2e}", sidecar.name)
+                          sizes, diff, time.perf_counter() - started, unchecked)
+    log.info("%s", report)
     return report
 
 
@@ -196,8 +217,9 @@ def _onnx_runner(path: Path):
     try:
         import onnxruntime
     except ImportError:
+        # A warning, not an error: the file is written and likely right; only the proof is missing.
         log.warning("onnxruntime is not installed, so the ONNX file was not run to compare its outputs "
-                    "with PyTorch's. Fix: pip install onnxruntime (it is in the dev extras).")
+                    "with PyTorch's. Fix: pip install onnxruntime")
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return "onnxruntime", lambda images: session.run(["logits"], {"images": images.numpy()})[0]

@@ -49,6 +49,8 @@ class PredictSummary:
         num_predicted: rows written (``num_images - len(unreadable)``).
         unreadable: ``(path, reason)`` for every file that could not be decoded, in input order.
         seconds: wall time of the prediction loop (after loading the model and listing inputs).
+
+    ``str(summary)`` says it in a sentence: how many images, where the rows went, how many were skipped.
     """
 
     output: Path
@@ -61,6 +63,14 @@ class PredictSummary:
     @property
     def images_per_second(self) -> float:
         return self.num_images / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        of = f"{self.num_predicted} of {self.num_images}" if self.unreadable else f"{self.num_predicted}"
+        text = (f"Wrote predictions for {of} image(s) to {self.output} in {self.seconds:.1f} s "
+                f"({self.images_per_second:.1f} images/s)")
+        if self.unreadable:
+            text += f"; {len(self.unreadable)} unreadable file(s) were skipped"
+        return text + "."
 
 
 def predict_to_file(checkpoint: str | Path, inputs: Sequence[str | Path], output: Path,
@@ -159,5 +169,4 @@ def _report_unreadable(summary: PredictSummary) -> None:
         bad_paths, reasons = zip(*summary.unreadable)
         log.warning("Skipped %d unreadable image(s) of %d: %s", len(bad_paths), summary.num_images,
                     describe_paths(list(bad_paths), list(reasons)))
-    log.info("Wrote %d prediction(s) to %s in %.1f s (%.1f images/s)", summary.num_predicted,
-             summary.output, summary.seconds, summary.images_per_second)
+    log.info("%s", summary)

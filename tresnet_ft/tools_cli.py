@@ -3,49 +3,115 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
+import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TextIO
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
 log = logging.getLogger("tresnet_ft")
 
 
-def _cmd_recipes(_: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+def print_listing(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], copyable: int,
+                  stream: TextIO | None = None) -> None:
+    """Print ``rows`` so that no cell is ever cut short; the first ``copyable`` columns hold names
+    the user copies into commands (recipe names, weight names, hub ids).
 
+    A terminal wide enough for the whole table gets a rich table (copyable columns kept on one line,
+    the others wrapped). A narrower terminal gets plain aligned columns, which it may wrap but never
+    cuts; anything else (a pipe, a file) gets tab-separated lines under a header row, for ``cut -f``.
+    """
+    stream = stream or sys.stdout
+    if not stream.isatty():
+        for row in [columns, *rows]:
+            stream.write("\t".join(row) + "\n")
+        return
+    console = Console(file=stream)
+    if _narrowest_table(columns, rows, copyable) <= console.width:
+        table = Table(title=title)
+        for index, column in enumerate(columns):
+            table.add_column(column, no_wrap=index < copyable)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    widths = [max(len(row[index]) for row in [columns, *rows]) for index in range(len(columns))]
+    stream.write(title + "\n")
+    for row in [columns, *rows]:
+        stream.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+
+
+def _narrowest_table(columns: Sequence[str], rows: Sequence[Sequence[str]], copyable: int) -> int:
+    """Characters a rich table needs when copyable columns keep whole cells and the others wrap at
+    word boundaries (rich's default box: one border per column plus one, one space either side)."""
+    widths = [max(len(row[index]) if index < copyable else max(map(len, row[index].split() or [""]))
+                  for row in [columns, *rows])
+              for index in range(len(columns))]
+    return sum(widths) + 3 * len(columns) + 1
+
+
+def _cmd_recipes(_: argparse.Namespace) -> int:
     from .recipe import available_recipes, load_recipe
 
-    table = Table(title="Recipes (tresnet-ft fit --recipe NAME)")
-    for column in ("recipe", "description", "reference result"):
-        table.add_column(column)
-    for name in available_recipes():
-        recipe = load_recipe(name)
-        table.add_row(name, recipe.description, recipe.reference)
-    Console().print(table)
+    recipes = [load_recipe(name) for name in available_recipes()]
+    print_listing("Recipes (tresnet-ft fit --recipe NAME)", ("recipe", "description", "reference result"),
+                  [(recipe.name, recipe.description, recipe.reference) for recipe in recipes], copyable=1)
     return 0
 
 
 def _cmd_models(_: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from .models import PRETRAINED
 
-    table = Table(title="Published TResNet weights (create_model(name, pretrained=True))")
-    for column in ("name", "hub id", "input", "classes", "ImageNet top-1"):
-        table.add_column(column)
-    for name, cfg in PRETRAINED.items():
-        top1 = f"{cfg.top1:.1f}" if cfg.top1 else "-"
-        table.add_row(name, cfg.hub_id, str(cfg.input_size), str(cfg.num_classes), top1)
-    Console().print(table)
+    rows = [(name, cfg.hub_id, str(cfg.input_size), str(cfg.num_classes), f"{cfg.top1:.1f}" if cfg.top1 else "-")
+            for name, cfg in PRETRAINED.items()]
+    print_listing("Published TResNet weights (create_model(name, pretrained=True))",
+                  ("name", "hub id", "input", "classes", "ImageNet top-1"), rows, copyable=2)
     return 0
 
 
+SMOKE_FUSE_TOLERANCE = 1e-3  # fused and unfused logits agree to ~1e-7 in float32; 1e-3 means broken
+
+
 def _cmd_smoke(args: argparse.Namespace) -> int:
-    """A few optimisation steps on random images, then fused-vs-unfused agreement."""
+    """A few optimisation steps on random images, then fused-vs-unfused agreement; ends with one
+    ``PASS: ...`` line (exit 0) or ``FAIL: ...`` line saying what broke and what to do (exit 1)."""
+    from .cli import USER_ERRORS
+
+    if args.steps < 1 or args.batch < 1:
+        raise ValueError(f"Expected --steps and --batch to be at least 1, but got {args.steps} and {args.batch}.")
+    started = time.perf_counter()
+    try:
+        losses, images_per_second, gap = _smoke_train_and_fuse(args)
+    except USER_ERRORS:
+        raise
+    except Exception as error:
+        if os.environ.get("TRESNET_FT_DEBUG"):
+            raise
+        log.error("FAIL: %s did not run on this machine (%s: %s). %s", args.arch, type(error).__name__,
+                  str(error).splitlines()[0] if str(error) else "no message", _SMOKE_HELP)
+        return 1
+    problem = _smoke_problem(losses, gap)
+    if problem:
+        log.error("FAIL: %s. %s", problem, _SMOKE_HELP)
+        return 1
+    log.info("PASS: %s trains (%d steps on random %d px images, loss %.3f -> %.3f, %.1f img/s) and its "
+             "fused inference copy matches (fused vs unfused max |diff| %.1e); %.1f s in all.", args.arch,
+             len(losses), args.size, losses[0], losses[-1], images_per_second, gap, time.perf_counter() - started)
+    return 0
+
+
+_SMOKE_HELP = (f"This is a broken install or a bug, not a setting: run TRESNET_FT_DEBUG=1 tresnet-ft smoke and "
+               f"report its output with your torch version ({torch.__version__}).")
+
+
+def _smoke_train_and_fuse(args: argparse.Namespace) -> tuple[list[float], float, float]:
+    """Train ``args.steps`` SGD steps on one random batch; returns the losses, the images per
+    second, and the max |logit difference| between the fused and the unfused model."""
     from .models import create_model, fuse_for_inference
 
     torch.manual_seed(0)
@@ -53,36 +119,47 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
     images = torch.rand(args.batch, 3, args.size, args.size)
     labels = torch.arange(args.batch) % 4
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    start = time.perf_counter()
+    losses, start = [], time.perf_counter()
     for step in range(args.steps):
         loss = torch.nn.functional.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        log.info("step %d/%d  loss %.4f", step + 1, args.steps, loss.item())
-    elapsed = time.perf_counter() - start
+        losses.append(loss.item())
+        log.info("step %d/%d  loss %.4f", step + 1, args.steps, losses[-1])
+    images_per_second = args.steps * args.batch / (time.perf_counter() - start)
     model.eval()
     with torch.inference_mode():
         gap = (fuse_for_inference(model)(images) - model(images)).abs().max().item()
-    log.info("%s: %d train steps in %.1f s (%.1f img/s); fused vs unfused max |diff| = %.2e",
-             args.arch, args.steps, elapsed, args.steps * args.batch / elapsed, gap)
-    return 0 if gap < 1e-3 else 1
+    return losses, images_per_second, gap
+
+
+def _smoke_problem(losses: list[float], gap: float) -> str | None:
+    """What the smoke run's numbers say is broken, or None."""
+    if not all(math.isfinite(loss) for loss in losses):
+        return f"the loss is not finite ({', '.join(f'{loss:.3g}' for loss in losses)})"
+    # Four images memorised by SGD: from step 2 on, the loss always falls unless no update arrives.
+    if len(losses) > 1 and not losses[-1] < losses[0]:
+        return f"the loss did not fall over {len(losses)} steps ({losses[0]:.4g} -> {losses[-1]:.4g})"
+    if not gap < SMOKE_FUSE_TOLERANCE:
+        return (f"the fused inference model differs from the trained one by up to {gap:.3g} "
+                f"(allowed {SMOKE_FUSE_TOLERANCE:g}), so predict and export would give wrong outputs")
+    return None
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_to_file
 
-    summary = predict_to_file(args.checkpoint, args.paths, Path(args.output), top_k=args.top_k,
-                              threshold=args.threshold, batch_size=args.batch_size)
-    log.info("%s", summary)
+    # predict_to_file logs what it wrote and which files it skipped
+    predict_to_file(args.checkpoint, args.paths, Path(args.output), top_k=args.top_k,
+                    threshold=args.threshold, batch_size=args.batch_size)
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
-    report = export_model(args.checkpoint, args.format, Path(args.output))
-    log.info("%s", report)
+    export_model(args.checkpoint, args.format, Path(args.output))  # logs what it wrote and the check
     return 0
 
 

@@ -8,4 +8,5 @@ Plain PyTorch, NumPy and OpenCV; nothing here imports Lightning.
 * ``rows.py``: logits → prediction rows, and the CSV/JSONL writers that stream them to disk;
 * ``exportable.py``: the module that gets exported (optionally behind a ``uint8`` input stage);
 * ``sidecar.py``: the JSON next to an exported model that makes it usable without this package.
+* ``packages.py``: importing a package one path needs (``onnx``), or one line naming its ``pip install``.
 """
