@@ -23,6 +23,7 @@ from tests.run_helpers import (
     run_command,
     start_command,
 )
+from tresnet_ft import create_model
 
 COMMON = [
     "fit",
@@ -76,6 +77,14 @@ EVAL_METRICS = ("val/top1", "val/macro_accuracy")
 
 # The folder recipe's schedule: the head alone for the first epoch, then everything.
 FREEZE = ["--model.freeze_epochs", "1"]
+
+
+def _freeze_args(folder) -> list[str]:
+    """FREEZE with a weights file: only a pretrained backbone is frozen (a random TResNet-M, saved)."""
+    torch.manual_seed(0)
+    path = folder / "pretrained.pth"
+    torch.save(create_model("tresnet_m", 5).state_dict(), path)
+    return [*FREEZE, "--model.pretrained", str(path)]
 
 
 def _single_process_run(cwd, *extra: str):
@@ -160,10 +169,11 @@ def test_ddp_with_a_frozen_backbone_trains_and_matches_one_process(tmp_path):
     backbone gets no gradient; the freezing callback turns the search on."""
     for name in ("single", "ddp"):
         (tmp_path / name).mkdir()
-    reference = _single_process_run(tmp_path / "single", *FREEZE)
+    freeze = _freeze_args(tmp_path)
+    reference = _single_process_run(tmp_path / "single", *freeze)
     ranks = tmp_path / "ddp" / "ranks"
     proc = run_command(
-        [*COMMON, *FREEZE, *TWO_PROCESSES, "--trainer.devices", "2",
+        [*COMMON, *freeze, *TWO_PROCESSES, "--trainer.devices", "2",
          callback_arg(DumpRankState, folder=str(ranks))],
         cwd=(tmp_path / "ddp"),
     )

@@ -5,7 +5,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
-from tresnet_ft import ImageDataModule, TResNetClassifier
+from tresnet_ft import ImageDataModule, TResNetClassifier, create_model
 from tresnet_ft.checkpoint import load_classifier
 
 
@@ -38,7 +38,7 @@ class Recorder(Callback):
 def _fit(tmp_path, data=None, callbacks=(), trainer_kwargs=None, **model_kwargs):
     pl.seed_everything(0)
     data = data or tiny_data()
-    model = TResNetClassifier.from_datamodule(data, arch="tresnet_m", pretrained=None, **model_kwargs)
+    model = TResNetClassifier.from_datamodule(data, arch="tresnet_m", **{"pretrained": None, **model_kwargs})
     trainer = tiny_trainer(tmp_path, callbacks=list(callbacks), **(trainer_kwargs or {}))
     trainer.fit(model, data)
     return trainer, model, data
@@ -57,8 +57,10 @@ def test_fit_writes_a_self_contained_checkpoint(tmp_path):
 def test_ema_weights_are_what_is_validated_and_saved(tmp_path):
     trainer, model, data = _fit(tmp_path, ema_decay=0.5, lr=5e-3)
     logged_loss = float(trainer.callback_metrics["val/loss"])
-    checkpoint = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
-    ema, current = checkpoint["state_dict"], checkpoint["current_model_state"]
+    ema = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)["state_dict"]
+    last = torch.load(tmp_path / "logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    current = last["current_model_state"]  # best.ckpt keeps the averaged weights only
+    assert all(torch.equal(value, last["state_dict"][key]) for key, value in ema.items())  # one epoch: the same
     assert not torch.equal(ema["model.head.fc.weight"], current["model.head.fc.weight"])
     fresh = TResNetClassifier.from_datamodule(data, arch="tresnet_m", pretrained=None)
     fresh.load_state_dict(ema)
@@ -66,16 +68,34 @@ def test_ema_weights_are_what_is_validated_and_saved(tmp_path):
     assert result["val/loss"] == pytest.approx(logged_loss, abs=1e-5)
 
 
+def _pretrained_file(tmp_path):
+    """A random TResNet-M saved as a weights file: freezing applies only to a pretrained backbone."""
+    torch.manual_seed(1)
+    path = tmp_path / "pretrained.pth"
+    torch.save(create_model("tresnet_m", 5).state_dict(), path)
+    return path
+
+
 def test_freezing_keeps_the_backbone_then_trains_it_without_changing_the_schedule(tmp_path):
     frozen, plain = Recorder(), Recorder()
-    _, model, _ = _fit(tmp_path / "frozen", callbacks=[frozen], trainer_kwargs={"max_epochs": 2}, freeze_epochs=1)
+    weights = _pretrained_file(tmp_path)
+    _, model, _ = _fit(tmp_path / "frozen", callbacks=[frozen], trainer_kwargs={"max_epochs": 2}, freeze_epochs=1,
+                       pretrained=str(weights))
     _fit(tmp_path / "plain", callbacks=[plain], trainer_kwargs={"max_epochs": 2})
-    pl.seed_everything(0)  # the same initial weights as the frozen run
-    initial = TResNetClassifier.from_datamodule(tiny_data(), arch="tresnet_m", pretrained=None)
-    torch.testing.assert_close(frozen.stem[0], initial.model.body.conv1.conv.weight)
+    torch.testing.assert_close(frozen.stem[0], torch.load(weights)["body.conv1.conv.weight"])
     assert not torch.equal(frozen.stem[1], frozen.stem[0])
     assert frozen.lrs == plain.lrs and len(frozen.lrs) == 4
     assert all(p.requires_grad for p in model.parameters())  # unfrozen when the run ends
+
+
+def test_freezing_is_skipped_without_pretrained_weights(tmp_path, caplog):
+    pl.seed_everything(0)
+    initial = TResNetClassifier.from_datamodule(tiny_data(), arch="tresnet_m", pretrained=None)
+    recorder = Recorder()
+    with caplog.at_level("INFO", logger="tresnet_ft"):
+        _fit(tmp_path, callbacks=[recorder], freeze_epochs=1)  # the same seed: the same initial weights
+    assert "freeze_epochs=1 ignored: the backbone is not pretrained" in caplog.text
+    assert not torch.equal(recorder.stem[0], initial.model.body.conv1.conv.weight)  # trained in epoch 0
 
 
 def test_resume_from_last_continues_the_schedule(tmp_path):
@@ -135,5 +155,6 @@ def test_last_checkpoint_is_written_every_epoch_even_without_improvement(tmp_pat
     best, last = (torch.load(folder / name, weights_only=True) for name in ("best.ckpt", "last.ckpt"))
     assert best["global_step"] == 2  # the first epoch's, never beaten
     assert last["global_step"] == trainer.global_step == 4 and last["epoch"] == 1
-    # best at 2 only; last at every epoch end (2, 4) and every 3 steps (3)
-    assert saved_steps == [2, 2, 3, 4]
+    # last at every epoch end (2, 4) and every 3 steps (3); best.ckpt holds weights only, and
+    # Lightning does not call callbacks' on_save_checkpoint for such files
+    assert saved_steps == [2, 3, 4]

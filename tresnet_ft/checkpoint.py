@@ -3,8 +3,9 @@ that needs unpickling beyond tensors and plain Python values.
 
 A tresnet-ft checkpoint is a Lightning checkpoint with one extra entry, ``"tresnet_ft"``, holding
 the metadata below (written by :class:`tresnet_ft.TResNetClassifier`). The weights are
-``state_dict`` under the ``model.`` prefix (with EMA on, Lightning stores the averaged weights
-there).
+``state_dict`` under the ``model.`` prefix (with EMA on, the averaged weights). A run's
+``best.ckpt`` holds only these and the hyperparameters; ``last.ckpt`` adds the training state
+that resuming needs (optimizer, schedule, the raw weights next to the average).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
@@ -75,12 +75,18 @@ class FusedEMAWeightAveraging(EMAWeightAveraging):
         super().setup(trainer, pl_module, stage)
         if stage == "fit":  # Lightning built a fresh AveragedModel, with n_averaged == 0
             self._updates_made = 0
+        else:
+            # validate/test after fit, on the same Trainer: the module already holds the averaged
+            # weights (or those of --ckpt_path, e.g. best.ckpt, which has no average of its own);
+            # Lightning would swap the fit's final average in at validation and score that instead.
+            self._average_model = None
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
+        if self._average_model is None:  # not fitting: the weights are used as saved, nothing to restore
+            return
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
-        if self._average_model is not None:  # one read per resume, not per step
-            self._updates_made = int(self._average_model.n_averaged)
+        self._updates_made = int(self._average_model.n_averaged)  # one read per resume, not per step
 
     @torch.no_grad()
     def _update_average(self, pl_module: pl.LightningModule) -> None:
@@ -97,6 +103,23 @@ class FusedEMAWeightAveraging(EMAWeightAveraging):
                 torch._foreach_copy_(avg_tensors, model_tensors)
         average.n_averaged += 1
         self._updates_made += 1
+
+
+def averaged_state_dict(trainer: pl.Trainer, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` (the module's) as the run's weight-averaging callback saves it: the averaged
+    weights when a :class:`~lightning.pytorch.callbacks.WeightAveraging` callback keeps an average,
+    else ``state_dict`` unchanged.
+
+    Lightning calls callbacks' ``on_save_checkpoint`` only for full checkpoints, so a weights-only
+    file would otherwise hold the raw weights, not the averaged ones that validation scored. This
+    asks the callback's own hook to do the swap, on a scratch checkpoint holding only the weights.
+    """
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, WeightAveraging):
+            scratch = {"state_dict": state_dict}
+            callback.on_save_checkpoint(trainer, trainer.lightning_module, scratch)
+            return scratch["state_dict"]
+    return state_dict
 
 
 def _group_tensors(average: torch.nn.Module, model: torch.nn.Module, use_buffers: bool

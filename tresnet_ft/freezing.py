@@ -6,10 +6,28 @@ from typing import Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
 
 from .lightning_private import search_unused_parameters
 
 log = logging.getLogger(__name__)
+
+
+def freezing_callbacks(freeze_epochs: int, freeze_norm_stats: bool, pretrained: bool) -> list[Callback]:
+    """``[BackboneFreeze(...)]`` when a run should freeze its backbone, else ``[]``.
+
+    Freezing protects pretrained features from the new head's first, large gradients. A randomly
+    initialised backbone has nothing to protect: freezing it would only train a head on random
+    features for ``freeze_epochs`` epochs, so it is skipped, with one log line.
+    """
+    if not freeze_epochs:
+        return []
+    if not pretrained:
+        if rank_zero_only.rank == 0:  # one line, not one per DDP process
+            log.info("freeze_epochs=%d ignored: the backbone is not pretrained (pretrained=null), so there is "
+                     "nothing to protect.", freeze_epochs)
+        return []
+    return [BackboneFreeze(freeze_epochs, freeze_norm_stats)]
 
 
 class BackboneFreeze(Callback):

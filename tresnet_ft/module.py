@@ -12,10 +12,11 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from . import losses
 from .callbacks import PlotCallback
 from .checkpoint import METADATA_KEY, ClassifierInfo
-from .ema import FusedEMAWeightAveraging
-from .freezing import BackboneFreeze
+from .ema import FusedEMAWeightAveraging, averaged_state_dict
+from .freezing import freezing_callbacks
 from .metrics import multilabel_metrics, single_label_metrics
 from .models import convert_sync_norm, create_model, refresh_invertibility
+from .models.factory import pretrained_source
 from .optim import build_optimizer, build_scheduler, param_groups
 from .thresholds import Thresholds, tune_thresholds
 
@@ -51,10 +52,11 @@ class TResNetClassifier(pl.LightningModule):
         weight_decay: true (decoupled) weight decay; never on norms and biases.
         scheduler: ``cosine`` (with ``warmup_epochs``), ``onecycle`` (``pct_start``) or
             ``constant``; stepped every optimizer step.
-        freeze_epochs, freeze_norm_stats: train only the head at first (see :class:`BackboneFreeze`).
+        freeze_epochs, freeze_norm_stats: train only the head at first (see :class:`BackboneFreeze`);
+            ignored, with one log line, when the backbone is not pretrained.
         ema_decay: keep an exponential moving average of the weights (Lightning's
             ``EMAWeightAveraging``, updated with one fused kernel: :class:`FusedEMAWeightAveraging`);
-            validation, checkpoints and export use it. None: off.
+            validation, ``best.ckpt`` and export use it. None: off.
         drop_rate, drop_path_rate: dropout before the linear head; stochastic depth.
         residual_init: starting scale of each residual branch (0 as in TResNet); only matters
             without pretrained weights, where ~0.2 learns faster (see :class:`TResNet`).
@@ -143,8 +145,10 @@ class TResNetClassifier(pl.LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         callbacks: list[Callback] = [
+            # best.ckpt holds the evaluated weights and the metadata, not the training state (a
+            # quarter of last.ckpt with AdamW and EMA); a resumed run overwrites its own best.ckpt.
             ModelCheckpoint(monitor=self.monitor, mode="max", filename="best", auto_insert_metric_name=False,
-                            enable_version_counter=False),  # a resumed run overwrites its own best.ckpt
+                            enable_version_counter=False, save_weights_only=True),
             # Lightning's save_last=True skips epochs that did not improve the metric: last.ckpt has
             # callbacks of its own, every epoch and (optionally) every N steps.
             _last_checkpoint(every_n_epochs=1, save_on_train_epoch_end=True),
@@ -156,8 +160,9 @@ class TResNetClassifier(pl.LightningModule):
         if self.hparams.plots:
             callbacks.append(PlotCallback())
         fitting = self.trainer.state.fn == "fit"  # validate/test only read the (averaged) weights
-        if fitting and self.hparams.freeze_epochs:
-            callbacks.append(BackboneFreeze(self.hparams.freeze_epochs, self.hparams.freeze_norm_stats))
+        if fitting:
+            pretrained = pretrained_source(self.hparams.arch, self.hparams.pretrained) is not None
+            callbacks += freezing_callbacks(self.hparams.freeze_epochs, self.hparams.freeze_norm_stats, pretrained)
         if fitting and self.hparams.ema_decay:
             callbacks.append(FusedEMAWeightAveraging(decay=self.hparams.ema_decay))
         return callbacks
@@ -323,8 +328,15 @@ class TResNetClassifier(pl.LightningModule):
         # Never write weights that a NaN loss has already broken.
         self._check_loss([loss.item() for loss in self._pending_loss()])
         checkpoint[METADATA_KEY] = self.classifier_info().to_dict()
+        if _weights_only(checkpoint):  # best.ckpt: the weights validation scored, EMA-averaged if EMA is on
+            checkpoint["state_dict"] = averaged_state_dict(self.trainer, checkpoint["state_dict"])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit" and _weights_only(checkpoint):
+            path = self.trainer.ckpt_path
+            raise ValueError(f"{path} holds weights only (as best.ckpt does), not the optimizer and schedule "
+                             "state that resuming needs. Fix: resume with --ckpt_path last, or start a new run "
+                             f"from these weights with --model.pretrained {path}.")
         meta = checkpoint.get(METADATA_KEY) or {}
         self._check_checkpoint_fits(meta, checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY) or {})
         if meta.get("thresholds"):
@@ -368,6 +380,11 @@ def _last_checkpoint(**trigger: Any) -> ModelCheckpoint:
     """A callback that writes ``last.ckpt`` (the newest state, whatever the metric did) at ``trigger``."""
     return ModelCheckpoint(filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1,
                            enable_version_counter=False, **trigger)
+
+
+def _weights_only(checkpoint: dict[str, Any]) -> bool:
+    """Whether Lightning wrote ``checkpoint`` with ``weights_only`` (it then has no optimizer states)."""
+    return "optimizer_states" not in checkpoint
 
 
 def _as_list(value: Any) -> Any:
