@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -266,6 +267,45 @@ def test_a_class_list_of_the_wrong_length_fails_at_the_first_batch(tmp_path):
     trainer = make_trainer(tmp_path, [PlotCallback()], loggers=False)
     with pytest.raises(ValueError, match="Expected 3 class names .* pl_module.classes has 2"):
         trainer.validate(model, val)
+
+
+class StepLossClassifier(TinyClassifier):
+    """Logs the training loss per step and per epoch, as TResNetClassifier does."""
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        loss = self.loss(self(images), targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=True)
+        return loss
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_curves_show_step_level_loss_and_lr_and_the_monitored_metric(tmp_path, epochs):
+    train, val = loaders("single_label", num_images=32, batch_size=4)  # 8 steps per epoch
+    callback = PlotCallback()
+    logger = CSVLogger(tmp_path)
+    callbacks = [callback, LearningRateMonitor("step"), ModelCheckpoint(monitor="val/top1", mode="max")]
+    trainer = make_trainer(tmp_path, callbacks, loggers=[logger], max_epochs=epochs,
+                           log_every_n_steps=2, enable_checkpointing=True)
+    trainer.fit(StepLossClassifier(), train, val)
+    assert_valid_pngs(Path(trainer.log_dir) / "plots", SINGLE_LABEL_PNGS)
+
+    rows = csv_metrics(logger)
+    fig = callback.plot_curves(trainer)
+    loss_ax, lr_ax, twin = fig.axes
+    lines = {line.get_label(): line for ax in fig.axes for line in ax.lines}
+    # Every value the CSV logger wrote per step, at its step: 4 per epoch.
+    for key, ax in (("train/loss_step", loss_ax), ("lr-SGD", lr_ax)):
+        logged = [(int(row["step"]), float(row[key])) for row in rows if row.get(key)]
+        assert len(logged) == 4 * epochs and lines[key] in ax.lines
+        assert lines[key].get_xdata().tolist() == [step for step, _ in logged]
+        assert lines[key].get_ydata().tolist() == pytest.approx([value for _, value in logged])
+    # The monitored metric, once per epoch on the second axis, each value a visible marker.
+    monitor = lines["val/top1"]
+    assert monitor in twin.lines and loss_ax.get_title() == "Loss and val/top1"
+    assert monitor.get_ydata().tolist() == pytest.approx([e["val/top1"] for e in callback.history])
+    assert monitor.get_marker() not in ("None", "", None) and monitor.get_markersize() >= 5
+    assert len(monitor.get_xdata()) == epochs
 
 
 # -- throughput ---------------------------------------------------------------------------------

@@ -291,3 +291,47 @@ def test_image_grid_rejects_bad_inputs():
         plot_image_grid(torch.zeros(0, 3, 4, 4))
     with pytest.raises(ValueError, match="ncols"):
         plot_image_grid(torch.zeros(1, 3, 4, 4), ncols=0)
+
+
+def pixel_at(fig, ax, x: float, y: float) -> tuple[int, int, int]:
+    """The rendered colour at data point (x, y) of ``ax``."""
+    pixels = figure_to_array(fig)  # draws the figure, so the transforms below are final
+    column, row = ax.transData.transform((x, y))
+    return tuple(int(v) for v in pixels[pixels.shape[0] - int(round(row)), int(round(column))])
+
+
+def test_training_curves_draw_step_lines_and_the_monitored_metric_on_a_second_axis():
+    history = [{"epoch": 0, "step": 4, "train/loss": 1.5, "train/loss_epoch": 1.5, "val/loss": 1.2,
+                "val/top1": 0.5, "val/top5": 0.9, "train/lr": 0.1}]  # one epoch: one point each
+    steps = [{"step": s, "train/loss_step": 2.0 - 0.1 * s} for s in range(4)]
+    steps += [{"step": s, "lr-SGD/pg1": 0.1 / (s + 1), "lr-SGD/pg2": 0.1 / (s + 1), "lr-SGD/pg3": 0.01}
+              for s in range(4)]
+    fig = plot_training_curves(history, steps=steps, monitor="val/top1")
+    loss_ax, metric_ax, lr_ax, twin = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["Loss and val/top1", "Metrics", "Learning rate", ""]
+    lines = {line.get_label(): line for ax in fig.axes for line in ax.lines}
+    assert set(lines) == {"train/loss_step", "train/loss", "val/loss", "val/top1", "val/top5",
+                          "lr-SGD/pg1 (+1 identical)", "lr-SGD/pg3"}  # no train/lr, no *_epoch twin
+    assert lines["train/loss_step"].get_xdata().tolist() == [0, 1, 2, 3]
+    assert lines["train/loss_step"].get_ydata().tolist() == pytest.approx([2.0, 1.9, 1.8, 1.7])
+    assert lines["train/loss"].get_color() == lines["train/loss_step"].get_color()
+    assert lines["lr-SGD/pg1 (+1 identical)"].get_ydata().tolist() == pytest.approx([0.1, 0.05, 0.1 / 3, 0.025])
+    assert lr_ax.get_yscale() == "log" and loss_ax.get_xlabel() == "step"
+    # The monitored metric: on the second axis, named in the loss panel's legend, and its single
+    # point is drawn as a marker that shows in the picture.
+    monitor = lines["val/top1"]
+    assert monitor in twin.lines and twin.get_ylabel() == "val/top1"
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == [
+        "train/loss_step", "train/loss", "val/loss", "val/top1"]
+    assert monitor.get_xdata().tolist() == [4] and monitor.get_marker() == "s"
+    green = matplotlib.colors.to_rgb("tab:green")
+    assert pixel_at(fig, twin, 4, 0.5) == tuple(round(255 * c) for c in green)
+    assert lines["val/top5"] in metric_ax.lines
+
+
+def test_training_curves_mark_a_lone_step_value_and_keep_epoch_values_without_steps():
+    fig = plot_training_curves([{"epoch": 0, "step": 1, "train/loss": 1.0, "lr": 0.1}],
+                               steps=[{"step": 0, "train/loss_step": 1.2}])
+    lines = {line.get_label(): line for ax in fig.axes for line in ax.lines}
+    assert lines["train/loss_step"].get_marker() == "o"  # one point: a line alone would not show
+    assert lines["lr"].get_xdata().tolist() == [1] and lines["lr"].get_marker() == "o"

@@ -18,6 +18,7 @@
 """
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,11 +27,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
 
 from . import plots
 from .metrics import average_precision_per_class
+from .progress import best_checkpoint_callback
 from .validation_outputs import TASKS, ValidationOutputs, WorstPredictions, describe_worst
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ class PlotCallback(Callback):
     ``fit`` (from the last validation), of ``validate`` and of ``test`` (into ``plots/test``) it
     writes into ``<trainer.log_dir>/plots/``:
 
-    - ``curves.png`` (not after ``test``);
+    - ``curves.png`` (not after ``test``; see :meth:`plot_curves`);
     - single-label: ``confusion_matrix.png``;
     - multi-label: ``per_class_ap.png`` and ``precision_recall.png``;
     - ``worst_predictions.png`` (when images were returned);
@@ -204,7 +206,7 @@ class PlotCallback(Callback):
         folder = Path(root) / self.dirname / ("test" if stage == "test" else "")
         tag_prefix = f"{self.dirname}/test/" if stage == "test" else f"{self.dirname}/"
         self.written = {}
-        for name, draw in self._figures(with_curves=stage != "test").items():
+        for name, draw in self._figures(trainer, with_curves=stage != "test").items():
             try:
                 figure = draw()
             except Exception:  # a broken plot must not cost the end of a finished run
@@ -215,11 +217,11 @@ class PlotCallback(Callback):
         if self.written:
             log.info("Plots written to %s: %s", folder, ", ".join(sorted(self.written)))
 
-    def _figures(self, with_curves: bool) -> dict[str, Callable[[], Figure]]:
+    def _figures(self, trainer: pl.Trainer, with_curves: bool) -> dict[str, Callable[[], Figure]]:
         """The figures to draw, by file name, as deferred calls."""
         figures: dict[str, Callable[[], Figure]] = {}
         if with_curves and self.history:
-            figures["curves"] = lambda: plots.plot_training_curves(self.history)
+            figures["curves"] = lambda: self.plot_curves(trainer)
         outputs = self.outputs
         if outputs is None or outputs.num_samples == 0:
             log.debug("PlotCallback: no evaluation outputs were collected; only the curves.")
@@ -239,6 +241,29 @@ class PlotCallback(Callback):
             figures["worst_predictions"] = lambda: self._plot_worst(worst, classes)
         return figures
 
+    def plot_curves(self, trainer: pl.Trainer) -> Figure:
+        """The curves of :attr:`history` with the step-level training loss and learning rate.
+
+        Step-level values come from the CSV logger's ``metrics.csv`` (the module's
+        ``train/loss_step`` and LearningRateMonitor's ``lr-*``, every ``log_every_n_steps``):
+        the logger already holds them as numbers, and it continues the file when a run resumes.
+        Reading them from ``callback_metrics`` instead would copy each loss to the host a second
+        time. Without a CSV logger the curves are per epoch only. The best checkpoint's
+        monitored metric goes on the loss panel's second axis (:func:`plots.plot_training_curves`).
+        Global rank 0 only (the CSV file is written there).
+        """
+        best = best_checkpoint_callback(trainer)
+        steps = _csv_rows(trainer, self._is_step_key)
+        return plots.plot_training_curves(self.history, steps=steps,
+                                          monitor=best.monitor if best else None)
+
+    def _is_step_key(self, key: str) -> bool:
+        if key.endswith(("-momentum", "-weight_decay")):  # LearningRateMonitor's other options
+            return False
+        if key.startswith(self.train_prefix):  # train/lr is the module's per-epoch value
+            return "loss" in key and key.endswith("_step")  # Lightning's per-step twin
+        return plots.is_learning_rate_key(key)
+
     def _plot_worst(self, worst: WorstPredictions, classes: list[str]) -> Figure:
         true, predicted, confidences, correct = describe_worst(
             worst, classes, self.multilabel_threshold)
@@ -256,6 +281,31 @@ def _send_to_loggers(trainer: pl.Trainer, tag: str, figure: Figure) -> None:
                              step=trainer.global_step)
         else:
             log.debug("PlotCallback: %s takes no images; %s not sent.", type(logger).__name__, tag)
+
+
+def _csv_rows(trainer: pl.Trainer, wanted: Callable[[str], bool]) -> list[dict[str, float]]:
+    """``{"step": s, key: value}`` for each row of the first CSV logger's file with a wanted key."""
+    logger = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
+    if logger is None:
+        return []
+    logger.save()  # rows logged since its last flush are still in memory
+    path = Path(logger.experiment.metrics_file_path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = [_numbers(row, wanted) for row in csv.DictReader(handle)]
+    return [row for row in rows if len(row) > 1 and "step" in row]
+
+
+def _numbers(row: Mapping[str, str], wanted: Callable[[str], bool]) -> dict[str, float]:
+    numbers = {}
+    for key, text in row.items():
+        if text and (key == "step" or wanted(key)):
+            try:
+                numbers[key] = float(text)
+            except ValueError:  # not a number: not a curve
+                continue
+    return numbers
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
-from .progress import ThroughputProgressBar
+from .progress import FitReport, ThroughputProgressBar
 from .checkpoint_io import SafeCheckpointIO
 from .data import ImageDataModule
 from .models.weights import read_checkpoint
@@ -152,7 +152,7 @@ def run_cli(args: Sequence[str], run_name: str, run: bool = True, usage: Optiona
     args = list(args) if run else list(args)[1:]
     _quiet_lightning()
     cli = TResNetCLI(TResNetClassifier, ImageDataModule, args=args, run=run,
-                     trainer_defaults={"callbacks": [ThroughputProgressBar()]},
+                     trainer_defaults={"callbacks": [ThroughputProgressBar(), FitReport()]},
                      save_config_kwargs={"overwrite": True},
                      parser_kwargs=_parser_kwargs(command, usage, description),
                      auto_configure_optimizers=False)
@@ -168,9 +168,7 @@ def _report(cli: TResNetCLI, run_name: str) -> None:
         return
     if log_dir:
         log.info("Run folder: %s", log_dir)
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-    if best:
-        log.info("Best checkpoint: %s", best)
+    # The best checkpoint is in FitReport's end-of-fit summary.
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and logger._offline:
             log.info("W&B run saved offline. Upload it with: wandb sync %s", logger.experiment.dir.rsplit("/files", 1)[0])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import textwrap
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from .metrics import average_precision_per_class
@@ -36,6 +38,7 @@ _AXIS_KEYS = ("epoch", "step")
 _MAX_CURVE_POINTS = 2000  # a PR curve over millions of scores is drawn from this many points
 _CAPTION_WIDTH = 28  # characters per caption line under a grid image
 _CORRECT_COLOR, _WRONG_COLOR = "tab:green", "tab:red"
+_MONITOR_COLOR = "tab:green"  # the metric on the loss panel's second axis
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -63,49 +66,76 @@ def figure_to_array(fig: Figure, dpi: int = 100) -> np.ndarray:
 # -- training curves ----------------------------------------------------------------------------
 
 
-def plot_training_curves(history: Sequence[dict[str, float]], max_metrics: int = 8) -> Figure:
-    """Per-epoch loss, metrics and learning rate from a list of logged scalars.
+def plot_training_curves(
+    history: Sequence[dict[str, float]],
+    steps: Sequence[dict[str, float]] = (),
+    monitor: str | None = None,
+    max_metrics: int = 8,
+) -> Figure:
+    """Loss, metrics and learning rate: per-step lines where logged, per-epoch points otherwise.
 
-    Keys are grouped by name: those containing ``loss`` go to the "Loss" panel; ``lr``,
-    ``lr-*``, ``lr/*`` and ``*/lr`` to a log-scale "Learning rate" panel; every other key to
-    "Metrics" (at most ``max_metrics``, ``val`` keys first). Per-step twins (``*_step``) are
-    skipped. A key may be missing from some entries: its line simply has fewer points. Panels
-    without keys are left out. The x axis is ``epoch`` when every entry has a distinct one,
-    else ``step``, else the entry index.
+    Panels (one left out when it has nothing to draw):
+
+    - "Loss": the losses of ``steps`` as thin lines, those of ``history`` as points joined by a
+      line, and ``monitor`` (when given and in ``history``) on a second y axis: the run's
+      progress and the metric that picks its best checkpoint in one panel;
+    - "Metrics": the other ``history`` keys (at most ``max_metrics``, ``val`` keys first);
+    - "Learning rate": the learning rates of ``steps``, else those of ``history`` (log scale
+      when all are positive).
+
+    Keys containing ``loss`` are losses; ``lr``, ``lr-*``, ``lr/*`` and ``*/lr`` learning rates.
+    Lightning's twins in ``history`` are skipped: ``*_step``, and ``*_epoch`` next to ``*``.
+    Every ``history`` value is drawn as a marker, so a run with one validation still shows its
+    point. The x axis is the step when
+    ``steps`` is given (``history`` entries without a ``step`` are then left out); otherwise
+    ``epoch`` when every entry has a distinct one, else ``step``, else the entry index.
 
     Args:
         history: one dict of floats per validation or epoch, e.g.
-            ``{"epoch": 3, "train/loss": 0.4, "val/loss": 0.5, "val/top1": 0.9, "lr": 1e-4}``.
+            ``{"epoch": 3, "step": 400, "train/loss": 0.4, "val/loss": 0.5, "val/top1": 0.9}``.
+        steps: one dict per logged training step, e.g. rows of the CSV logger's
+            ``metrics.csv``: ``{"step": 50, "train/loss_step": 0.7, "lr-AdamW": 1e-4}``; every
+            loss and learning-rate key in them is drawn as a line.
+        monitor: the ``history`` key drawn on the loss panel's second axis.
         max_metrics: the most lines in the "Metrics" panel.
 
     Returns:
-        A figure with one axes per non-empty panel.
+        A figure with one axes per non-empty panel, plus the second axis of "Loss".
     """
     if len(history) == 0:
         raise ValueError("Expected a non-empty history (one dict per epoch), but got none.")
-    x_label, x = _history_x_axis(history)
-    groups = _group_history_keys(history, max_metrics)
-    if not groups:
+    x_label, x = _curves_x_axis(history, with_steps=bool(steps))
+    per_epoch = _group_history_keys(history, max_metrics)
+    per_step = _group_step_keys(steps)
+    if per_step["Learning rate"]:  # the per-step curve already holds the per-epoch values
+        per_epoch["Learning rate"] = []
+    titles = [t for t in ("Loss", "Metrics", "Learning rate") if per_epoch[t] or per_step.get(t)]
+    if not titles:
         keys = sorted({key for entry in history for key in entry})
         raise ValueError(
             f"Expected history entries with a metric besides epoch/step, but got keys {keys}."
         )
-    fig = Figure(figsize=(5.0 * len(groups), 4.0), layout="constrained")
-    for ax, (title, keys) in zip(fig.subplots(1, len(groups), squeeze=False)[0], groups.items()):
-        for key in keys:
-            points = [(xi, e[key]) for xi, e in zip(x, history) if _is_number(e.get(key))]
-            ax.plot(*zip(*points), marker="o", markersize=3, label=key)
-        ax.set_title(title)
-        ax.set_xlabel(x_label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 0.25
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        if title == "Learning rate" and all(line.get_ydata().min() > 0 for line in ax.lines):
-            ax.set_yscale("log")
+    twin = monitor if "Loss" in titles and monitor in per_epoch["Metrics"] else None
+    if twin is not None:
+        per_epoch["Metrics"].remove(twin)
+        titles = [t for t in titles if per_epoch[t] or per_step.get(t)]
+    fig = Figure(figsize=(5.5 * len(titles), 4.0), layout="constrained")
+    # One x range for all panels: a lone validation point lines up with the end of the loss curve.
+    axes = fig.subplots(1, len(titles), squeeze=False, sharex=True)[0]
+    for ax, title in zip(axes, titles):
+        colors = _draw_step_lines(ax, steps, per_step.get(title, []))
+        for key in per_epoch[title]:
+            _draw_epoch_points(ax, x, history, key, color=colors.get(key))
+        handles = _draw_monitor(ax, x, history, twin) if title == "Loss" and twin else []
+        _finish_curves_axes(ax, title, x_label, handles, twin)
     return fig
 
 
-def _history_x_axis(history: Sequence[dict[str, float]]) -> tuple[str, list[float]]:
+def _curves_x_axis(
+    history: Sequence[dict[str, float]], with_steps: bool
+) -> tuple[str, list[float | None]]:
+    if with_steps:
+        return "step", [float(e["step"]) if _is_number(e.get("step")) else None for e in history]
     for key in _AXIS_KEYS:
         values = [entry.get(key) for entry in history]
         if all(_is_number(v) for v in values) and len(set(values)) == len(values):
@@ -119,18 +149,80 @@ def _group_history_keys(
     keys = sorted(
         {k for entry in history for k, v in entry.items() if _is_number(v)} - set(_AXIS_KEYS)
     )
-    keys = [k for k in keys if not k.endswith("_step")]
+    # Lightning's twins of a metric logged per step and per epoch: the per-epoch value is k itself.
+    keys = [k for k in keys if not k.endswith("_step")
+            and not (k.endswith("_epoch") and k.removesuffix("_epoch") in keys)]
     loss = [k for k in keys if "loss" in k.lower()]
-    lr = [k for k in keys if _is_learning_rate_key(k)]
+    lr = [k for k in keys if is_learning_rate_key(k)]
     metrics = sorted(set(keys) - set(loss) - set(lr), key=lambda k: (not k.startswith("val"), k))
     if len(metrics) > max_metrics:
         logger.debug("Curves show %d of %d metrics: %s", max_metrics, len(metrics), metrics)
         metrics = metrics[:max_metrics]
-    groups = {"Loss": loss, "Metrics": metrics, "Learning rate": lr}
-    return {title: group for title, group in groups.items() if group}
+    return {"Loss": loss, "Metrics": metrics, "Learning rate": lr}
 
 
-def _is_learning_rate_key(key: str) -> bool:
+def _group_step_keys(steps: Sequence[dict[str, float]]) -> dict[str, list[str]]:
+    keys = sorted({k for row in steps for k, v in row.items() if _is_number(v)} - set(_AXIS_KEYS))
+    return {"Loss": [k for k in keys if "loss" in k.lower()],
+            "Learning rate": [k for k in keys if is_learning_rate_key(k)]}
+
+
+def _draw_step_lines(ax, steps: Sequence[dict[str, float]], keys: list[str]) -> dict[str, str]:
+    """Thin lines of per-step values; returns each line's colour under its per-epoch name."""
+    colors: dict[str, str] = {}
+    drawn: dict[tuple, str] = {}  # points -> the key whose line shows them
+    lines: dict[str, Line2D] = {}
+    shared: Counter[str] = Counter()
+    for key in keys:
+        points = tuple((row["step"], row[key]) for row in steps
+                       if _is_number(row.get("step")) and _is_number(row.get(key)))
+        if not points:
+            continue
+        if points in drawn:  # e.g. parameter groups that share a learning rate: one line
+            first = drawn[points]
+            shared[first] += 1
+            lines[first].set_label(f"{first} (+{shared[first]} identical)")
+            continue
+        # A single point is invisible as a line: it gets a marker.
+        (lines[key],) = ax.plot(*zip(*points), linewidth=1.0, alpha=0.8, label=key,
+                                marker="o" if len(points) == 1 else None, markersize=4)
+        drawn[points] = key
+        colors[key.removesuffix("_step")] = lines[key].get_color()
+    return colors
+
+
+def _draw_epoch_points(ax, x: list[float | None], history: Sequence[dict[str, float]], key: str,
+                       color: str | None = None, **style) -> list:
+    points = [(xi, e[key]) for xi, e in zip(x, history) if xi is not None and _is_number(e.get(key))]
+    if not points:
+        return []
+    return ax.plot(*zip(*points), label=key, color=color,
+                   **{"marker": "o", "markersize": 6, "linewidth": 1.5, **style})
+
+
+def _draw_monitor(ax, x: list[float | None], history: Sequence[dict[str, float]],
+                  monitor: str) -> list:
+    twin = ax.twinx()
+    lines = _draw_epoch_points(twin, x, history, monitor, color=_MONITOR_COLOR, marker="s")
+    twin.set_ylabel(monitor, color=_MONITOR_COLOR)
+    twin.tick_params(axis="y", colors=_MONITOR_COLOR)
+    return lines
+
+
+def _finish_curves_axes(ax, title: str, x_label: str, twin_lines: list, monitor: str | None) -> None:
+    ax.set_title(f"Loss and {monitor}" if twin_lines else title)
+    ax.set_xlabel(x_label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 0.25
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles + twin_lines, labels + [line.get_label() for line in twin_lines],
+              fontsize="small")
+    if title == "Learning rate" and all(min(line.get_ydata()) > 0 for line in ax.lines):
+        ax.set_yscale("log")
+
+
+def is_learning_rate_key(key: str) -> bool:
+    """``lr``, ``lr-*`` (Lightning's LearningRateMonitor), ``lr/*``, ``lr_*`` or ``*/lr``."""
     return key == "lr" or key.startswith(("lr-", "lr/", "lr_")) or key.endswith("/lr")
 
 
