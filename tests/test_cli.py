@@ -101,3 +101,19 @@ def test_a_run_prints_each_line_once(tmp_path):
     assert "args parameter is intended" not in output
     # Lightning's adverts, its note on our checkpoint callbacks and an internal deprecation: filtered
     assert "Tip:" not in output and "override existing callbacks" not in output and "LeafSpec" not in output
+    # The compact model summary: parameters, no column of zero FLOPs, no note that it replaced Lightning's
+    assert "Params: 29.4 M (0 frozen)" in output and "FLOPs" not in output  # TResNet-M, 5 classes
+    assert "already configured with model summary" not in output
+
+
+def test_turning_the_model_summary_off_works_with_the_compact_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["fit", "--recipe", "quickstart", "--logger", "csv", "--data.dataset_options", '{"num_images": 8}']
+
+    def summaries(extra: list[str]) -> list[str]:
+        args, _ = training_args([*base, *extra])
+        return [type(cb).__name__ for cb in run_cli(args, "quickstart", run=False).trainer.callbacks
+                if "Summary" in type(cb).__name__]
+
+    assert summaries([]) == ["CompactModelSummary"]
+    assert summaries(["--trainer.enable_model_summary", "false"]) == []

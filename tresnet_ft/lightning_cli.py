@@ -9,10 +9,11 @@ import warnings
 from typing import Any, Optional, Sequence
 
 from jsonargparse import DefaultHelpFormatter
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
+from .model_summary import CompactModelSummary
 from .progress import FitReport, ThroughputProgressBar
 from .checkpoint_io import SafeCheckpointIO
 from .data import ImageDataModule
@@ -27,9 +28,10 @@ warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is int
 # Raised inside Lightning's own batch handling with torch >= 2.10; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
-# Lightning lines that say nothing about the run: adverts for its cloud packages, and the note
-# that our checkpoint callbacks replace the Trainer's default one (which is by design).
-NOISE_PREFIXES = ("💡 Tip:", "The following callbacks returned in `LightningModule.configure_callbacks`")
+# Lightning lines that say nothing about the run: adverts for its cloud packages, and the notes
+# that our checkpoint callbacks and model summary replace the Trainer's defaults (by design).
+NOISE_PREFIXES = ("💡 Tip:", "The following callbacks returned in `LightningModule.configure_callbacks`",
+                  "Trainer already configured with model summary callbacks")
 
 
 def _drop_noise(record: logging.LogRecord) -> bool:
@@ -102,9 +104,13 @@ class TResNetCLI(LightningCLI):
         # as a trainer default, so the saved config.yaml stays plain YAML.
         if config.get("plugins") is None:
             config["plugins"] = [SafeCheckpointIO()]
-        # The throughput bar is a default; --trainer.enable_progress_bar false must not clash with it.
-        if config.get("enable_progress_bar") is False:
-            defaults = [cb for cb in self.trainer_defaults.get("callbacks", []) if not isinstance(cb, ProgressBar)]
+        # The throughput bar and the compact summary are defaults; --trainer.enable_progress_bar false
+        # and --trainer.enable_model_summary false must not clash with them.
+        turned_off = tuple(kind for flag, kind in (("enable_progress_bar", ProgressBar),
+                                                   ("enable_model_summary", ModelSummary))
+                           if config.get(flag) is False)
+        if turned_off:
+            defaults = [cb for cb in self.trainer_defaults.get("callbacks", []) if not isinstance(cb, turned_off)]
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": defaults}
         return super()._instantiate_trainer(config, callbacks)
 
@@ -152,7 +158,7 @@ def run_cli(args: Sequence[str], run_name: str, run: bool = True, usage: Optiona
     args = list(args) if run else list(args)[1:]
     _quiet_lightning()
     cli = TResNetCLI(TResNetClassifier, ImageDataModule, args=args, run=run,
-                     trainer_defaults={"callbacks": [ThroughputProgressBar(), FitReport()]},
+                     trainer_defaults={"callbacks": [ThroughputProgressBar(), FitReport(), CompactModelSummary()]},
                      save_config_kwargs={"overwrite": True},
                      parser_kwargs=_parser_kwargs(command, usage, description),
                      auto_configure_optimizers=False)
