@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from rich.console import Console
 
 from run_helpers import column_by_step, metrics_rows, run_command
-from test_callbacks import TinyClassifier, loaders
+from test_callbacks import StepLossClassifier, loaders
 from tresnet_ft.models.host_syncs import HostSyncCounter
 from tresnet_ft.progress import FitReport, ThroughputProgressBar, resume_command
 
@@ -27,14 +27,8 @@ SUMMARY = re.compile(r"^Fit finished in (\d+):(\d\d):(\d\d): best val/top1 (\S+)
                      r"checkpoint (\S+)$")
 
 
-class StepLoss(TinyClassifier):
+class StepLoss(StepLossClassifier):
     """Logs the training loss per step and per epoch, and its validation metrics on the bar."""
-
-    def training_step(self, batch, batch_idx):
-        images, targets = batch
-        loss = self.loss(self(images), targets)
-        self.log("train/loss", loss, on_step=True, on_epoch=True)
-        return loss
 
     def evaluation_step(self, batch, stage: str):
         images, targets = batch
