@@ -4,7 +4,7 @@
 
 Each compiled model trains ``--steps`` steps as the module does (``refresh_invertibility`` before
 each forward, fused AdamW), then the bytes its graph saves for backward are measured
-(``tresnet_ft.models.memory.saved_activation_bytes``: exact and repeatable). Also reported: the
+(``benchmarks.memory.saved_activation_bytes``: exact and repeatable). Also reported: the
 number of graphs compiled and graph breaks (one graph and none means no break per layer and no
 recompile per step). Norm scales are set to 1, as after loading published weights. Compiling the
 full model takes minutes on a 2-core CPU.
@@ -17,8 +17,14 @@ import time
 import torch
 from torch._dynamo.utils import counters
 
+if __package__ in (None, ""):  # run as `python benchmarks/NAME.py`: make `benchmarks.` importable
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    _sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
+
 from tresnet_ft import create_model
-from tresnet_ft.models.memory import saved_activation_bytes
+from benchmarks.memory import saved_activation_bytes
 from tresnet_ft.models.norm_act import refresh_invertibility
 
 from bench_model import pretrained_like  # this folder is on sys.path when run as a script

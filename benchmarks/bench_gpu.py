@@ -71,12 +71,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+if __package__ in (None, ""):  # run as `python benchmarks/NAME.py`: make `benchmarks.` importable
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    _sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
+
 from tresnet_ft import create_model, fuse_for_inference
 from tresnet_ft.models import refresh_invertibility
-from tresnet_ft.models.host_syncs import HostSyncCounter
-from tresnet_ft.models.memory import saved_activation_bytes
+from benchmarks.host_syncs import HostSyncCounter
+from benchmarks.memory import saved_activation_bytes
 from tresnet_ft.models.norm_act import BatchNormAct2d
-from tresnet_ft.optim import build_optimizer, param_groups
+from tresnet_ft.training.optim import build_optimizer, param_groups
 
 log = logging.getLogger("bench_gpu")
 

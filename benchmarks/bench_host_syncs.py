@@ -6,7 +6,7 @@ TResNet-M with in-place ABN from a fresh init (the keep-input fallback is live),
 logger and the throughput progress bar: what `tresnet-ft fit` runs. A 12-step fit minus a 4-step
 fit gives 8 steps with set-up and tear-down cancelled out. On a GPU each of these reads stalls the
 CPU's kernel queue; on the CPU they are free, so only a count shows them
-(:class:`tresnet_ft.models.host_syncs.HostSyncCounter`). ``--log-every`` below 12 puts a logging
+(:class:`benchmarks.host_syncs.HostSyncCounter`). ``--log-every`` below 12 puts a logging
 step (Lightning reads each logged value once) inside the window.
 """
 from __future__ import annotations
@@ -20,10 +20,16 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+if __package__ in (None, ""):  # run as `python benchmarks/NAME.py`: make `benchmarks.` importable
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    _sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
+
 from tresnet_ft import TResNetClassifier
-from tresnet_ft.progress import ThroughputProgressBar
+from tresnet_ft.training.progress import ThroughputProgressBar
 from tresnet_ft.data import ImageDataModule
-from tresnet_ft.models.host_syncs import HostSyncCounter
+from benchmarks.host_syncs import HostSyncCounter
 
 
 def fit_syncs(folder: Path, steps: int, log_every_n_steps: int = 50) -> HostSyncCounter:

@@ -17,8 +17,14 @@ from typing import Callable
 
 import torch
 
+if __package__ in (None, ""):  # run as `python benchmarks/NAME.py`: make `benchmarks.` importable
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    _sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
+
 from tresnet_ft import create_model, fuse_for_inference
-from tresnet_ft.models.memory import saved_activation_bytes
+from benchmarks.memory import saved_activation_bytes
 from tresnet_ft.models.norm_act import BatchNormAct2d
 
 

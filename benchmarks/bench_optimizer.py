@@ -1,6 +1,6 @@
 """Where a TResNet-M training step at 64 px goes on a CPU: forward+backward, AdamW (foreach vs
 fused kernel), EMA update (Lightning's per-tensor ``avg_fn`` vs the multi-tensor form that
-``tresnet_ft.ema.FusedEMAWeightAveraging`` uses). Medians of 6 steps, all in one process, so
+``tresnet_ft.training.ema.FusedEMAWeightAveraging`` uses). Medians of 6 steps, all in one process, so
 the ratios are comparable.
 
     python benchmarks/bench_optimizer.py

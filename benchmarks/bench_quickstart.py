@@ -25,7 +25,7 @@ GOAL_TOP1, GOAL_SECONDS = 0.9, 300.0
 def run_seed(seed: int, extra: list[str]) -> tuple[float, float]:
     """(final val top-1, wall seconds) of one quickstart fit."""
     with tempfile.TemporaryDirectory() as folder:
-        command = [sys.executable, "-c", "from tresnet_ft.cli import main; raise SystemExit(main())",
+        command = [sys.executable, "-c", "from tresnet_ft.cli.command import main; raise SystemExit(main())",
                    "fit", "--recipe", "quickstart", "--logger", "csv", "--seed_everything", str(seed),
                    "--trainer.enable_progress_bar", "false", *extra]
         start = time.perf_counter()

@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tresnet_ft import ImageDataModule, create_model
 from tresnet_ft.data import quickstart
 from tresnet_ft.data.transforms import images_to_float
-from tresnet_ft.optim import build_optimizer, build_scheduler, param_groups
+from tresnet_ft.training.optim import build_optimizer, build_scheduler, param_groups
 
 
 def parse_args() -> argparse.Namespace:

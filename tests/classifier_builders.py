@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from tresnet_ft import create_model
-from tresnet_ft.checkpoint import ClassifierInfo, LoadedClassifier, write_classifier
+from tresnet_ft.classifier.checkpoint import ClassifierInfo, LoadedClassifier, write_classifier
 from tresnet_ft.data import read_image
 from tresnet_ft.models.norm_act import BatchNormAct2d
 

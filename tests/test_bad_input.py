@@ -13,7 +13,7 @@ import torch
 
 from tests.data_builders import write_jpeg
 from tests.run_helpers import error_line
-from tresnet_ft.cli import main
+from tresnet_ft.cli.command import main
 
 TINY = [
     "--data.image_size",
@@ -33,7 +33,7 @@ TINY = [
 
 @pytest.fixture(autouse=True)
 def runs_in_tmp(tmp_path, monkeypatch):
-    from tresnet_ft import loggers
+    from tresnet_ft.training import loggers
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(loggers, "RUNS_DIR", tmp_path / "runs")
@@ -115,7 +115,7 @@ def test_a_checkpoint_for_another_task_is_refused(tmp_path, caplog):
 
 def test_a_shared_classifier_file_is_not_a_training_checkpoint(tmp_path, caplog):
     from tresnet_ft import create_model
-    from tresnet_ft.checkpoint import ClassifierInfo, write_classifier
+    from tresnet_ft.classifier.checkpoint import ClassifierInfo, write_classifier
 
     info = ClassifierInfo(
         arch="tresnet_m", classes=["a", "b"], task="single_label", image_size=32

@@ -15,8 +15,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from tresnet_ft.callbacks import PlotCallback
-from tresnet_ft.progress import ThroughputMeter, ThroughputProgressBar, count_images
+from tresnet_ft.training.plot_callback import PlotCallback
+from tresnet_ft.training.progress import ThroughputMeter, ThroughputProgressBar, count_images
 
 NUM_CLASSES, IMAGE_SIZE = 3, 8
 SINGLE_LABEL_PNGS = {"curves", "confusion_matrix", "worst_predictions"}
@@ -202,7 +202,7 @@ def test_without_validation_outputs_only_curves_are_written(tmp_path, caplog):
     train, val = loaders("single_label")
     callback = PlotCallback()
     trainer = make_trainer(tmp_path, [callback], loggers=[CSVLogger(tmp_path)])
-    with caplog.at_level(logging.DEBUG, logger="tresnet_ft.callbacks"):
+    with caplog.at_level(logging.DEBUG, logger="tresnet_ft.training.plot_callback"):
         trainer.fit(TinyClassifier(return_outputs=False), train, val)
     assert_valid_pngs(Path(trainer.log_dir) / "plots", {"curves"})
     assert "the evaluation step returned NoneType" in caplog.text

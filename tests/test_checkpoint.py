@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tresnet_ft import create_model
-from tresnet_ft.checkpoint import ClassifierInfo, load_classifier, write_classifier
+from tresnet_ft.classifier.checkpoint import ClassifierInfo, load_classifier, write_classifier
 
 
 def test_write_then_load_gives_the_same_outputs(tmp_path):

@@ -15,7 +15,7 @@ import torch
 
 from tests.run_helpers import REPO
 from tresnet_ft import UnsafeCheckpointError
-from tresnet_ft.checkpoint_io import SafeCheckpointIO, partial_path, save_atomically
+from tresnet_ft.training.checkpoint_io import SafeCheckpointIO, partial_path, save_atomically
 
 
 def _state(value: float, size: int = 1000) -> dict:
@@ -39,7 +39,7 @@ def test_save_then_load_round_trips_and_leaves_no_partial_file(tmp_path):
 def test_an_error_half_way_through_writing_keeps_the_previous_checkpoint(
     tmp_path, monkeypatch
 ):
-    from tresnet_ft import checkpoint_io
+    from tresnet_ft.training import checkpoint_io
 
     path = tmp_path / "last.ckpt"
     save_atomically(_state(1.0), path)
@@ -60,7 +60,7 @@ def test_an_error_half_way_through_writing_keeps_the_previous_checkpoint(
 # after writing every byte of it, before the rename: the worst moment to be killed.
 _KILLED_WHILE_SAVING = """
 import os, sys, time, torch
-import tresnet_ft.checkpoint_io as checkpoint_io
+import tresnet_ft.training.checkpoint_io as checkpoint_io
 path = sys.argv[1]
 checkpoint_io.save_atomically({"global_step": 1, "w": torch.ones(1000)}, path)
 def hang(fd):

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 
 from tests.test_module import _NeverImproves, tiny_data, tiny_trainer
 from tresnet_ft import create_model
-from tresnet_ft.checkpoint import METADATA_KEY, load_classifier
+from tresnet_ft.classifier.checkpoint import METADATA_KEY, load_classifier
 
 TRAINING_STATE = ("optimizer_states", "lr_schedulers", "callbacks", "current_model_state", "averaging_state")
 

@@ -4,9 +4,9 @@ import sys
 
 import pytest
 
-from tresnet_ft.cli import main, training_args
-from tresnet_ft.lightning_cli import run_cli
-from tresnet_ft.recipe import available_recipes, load_recipe
+from tresnet_ft.cli.command import main, training_args
+from tresnet_ft.cli.lightning_cli import run_cli
+from tresnet_ft.cli.recipe import available_recipes, load_recipe
 
 
 def test_smoke_run_trains_and_fuses(caplog):
@@ -16,7 +16,7 @@ def test_smoke_run_trains_and_fuses(caplog):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "tresnet_ft.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tresnet_ft.cli.command", *args], capture_output=True, text=True,
                           env={"COLUMNS": "200", "PATH": "", "HF_HUB_OFFLINE": "1"})
 
 
@@ -89,7 +89,7 @@ def test_progress_bar_can_be_turned_off(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_run_prints_each_line_once(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "tresnet_ft.cli", "fit", "--recipe", "quickstart", "--logger", "csv",
+        [sys.executable, "-m", "tresnet_ft.cli.command", "fit", "--recipe", "quickstart", "--logger", "csv",
          "--trainer.max_epochs", "1", "--data.image_size", "32", "--data.dataset_options", '{"num_images": 4}',
          "--trainer.enable_progress_bar", "false", "--model.plots", "false"],
         capture_output=True, text=True, cwd=tmp_path, check=False,

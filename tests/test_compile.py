@@ -14,7 +14,7 @@ from torch._dynamo.utils import counters
 
 from tresnet_ft import create_model
 from tresnet_ft.models import refresh_invertibility
-from tresnet_ft.models.memory import saved_activation_bytes
+from benchmarks.memory import saved_activation_bytes
 from tresnet_ft.models.norm_act import BatchNormAct2d
 
 

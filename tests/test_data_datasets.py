@@ -29,8 +29,8 @@ from tresnet_ft.data import (
     flowers,
     load_dataset,
 )
-from tresnet_ft.data.archives import extract_archive
-from tresnet_ft.data.download import RemoteFile
+from tresnet_ft.fetch.archives import extract_archive
+from tresnet_ft.fetch.download import RemoteFile
 from tresnet_ft.data.registry import DATASETS
 
 # -- CIFAR -------------------------------------------------------------------------------------

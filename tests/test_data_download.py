@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.data_builders import serve_files
-from tresnet_ft.data.archives import extract_archive
-from tresnet_ft.data.download import (
+from tresnet_ft.fetch.archives import extract_archive
+from tresnet_ft.fetch.download import (
     DatasetNotFoundError,
     RemoteFile,
     default_data_root,

@@ -9,8 +9,8 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tresnet_ft.ema import FusedEMAWeightAveraging
-from tresnet_ft.models.host_syncs import HostSyncCounter
+from tresnet_ft.training.ema import FusedEMAWeightAveraging
+from benchmarks.host_syncs import HostSyncCounter
 
 
 class NormedBoringModel(BoringModel):

@@ -21,7 +21,7 @@ from tests.classifier_builders import (
 )
 from tresnet_ft import UnsafeCheckpointError
 from tresnet_ft.data import images_to_float
-from tresnet_ft.export import ExportCheckError, _onnx_runner, export_model
+from tresnet_ft.inference.export import ExportCheckError, _onnx_runner, export_model
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -132,7 +132,7 @@ def test_the_sidecar_describes_inputs_outputs_and_thresholds_in_plain_json(onnx_
 
 def test_a_failed_check_leaves_no_file_behind(tmp_path, monkeypatch, jit_is_deprecated):
     """An exporter that produced a wrong graph: the check catches it and nothing is written."""
-    import tresnet_ft.export as export_module
+    import tresnet_ft.inference.export as export_module
 
     def write_a_wrong_model(format, model, example, path, opset):
         class OffByOne(torch.nn.Module):
@@ -150,7 +150,7 @@ def test_a_failed_check_leaves_no_file_behind(tmp_path, monkeypatch, jit_is_depr
 
 def test_without_onnxruntime_the_check_is_skipped_with_a_warning(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
-    with caplog.at_level(logging.WARNING, logger="tresnet_ft.export"):
+    with caplog.at_level(logging.WARNING, logger="tresnet_ft.inference.export"):
         assert _onnx_runner(tmp_path / "model.onnx") is None
     assert "onnxruntime is not installed" in caplog.text and "pip install onnxruntime" in caplog.text
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.run_helpers import REPO, error_line
-from tresnet_ft.cli import main
-from tresnet_ft.data.download import unreachable_urls
+from tresnet_ft.cli.command import main
+from tresnet_ft.fetch.download import unreachable_urls
 from tresnet_ft.models import WeightsUnavailableError, create_model
-from tresnet_ft.preflight import MissingInputsError, check_inputs
+from tresnet_ft.cli.preflight import MissingInputsError, check_inputs
 
 DEAD = "http://127.0.0.1:9"  # nothing listens on the discard port: refused at once, like no network
 
@@ -70,7 +70,7 @@ def test_help_with_a_bad_flag_still_shows_the_recipes_values(capsys, monkeypatch
 
 @pytest.fixture
 def runs_in_tmp(tmp_path, monkeypatch):
-    from tresnet_ft import loggers
+    from tresnet_ft.training import loggers
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(loggers, "RUNS_DIR", tmp_path / "runs")
@@ -100,7 +100,7 @@ def _offline_env(tmp_path: Path) -> dict[str, str]:
 
 def test_an_offline_run_lists_every_missing_piece_in_one_error_within_seconds(tmp_path):
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "tresnet_ft.cli", "fit", "--recipe", "cifar100"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "tresnet_ft.cli.command", "fit", "--recipe", "cifar100"], cwd=tmp_path,
                           env=_offline_env(tmp_path), capture_output=True, text=True, timeout=120, check=False)
     elapsed = time.monotonic() - start
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

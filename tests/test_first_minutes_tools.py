@@ -21,12 +21,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.classifier_builders import single_label_checkpoint, write_photo_folder
-from tresnet_ft.cli import main
-from tresnet_ft.export import export_model
-from tresnet_ft.inference.packages import MissingPackageError
+from tresnet_ft.cli.command import main
+from tresnet_ft.inference.export import export_model
+from tresnet_ft.fetch.packages import MissingPackageError
 from tresnet_ft.models import PRETRAINED
-from tresnet_ft.recipe import available_recipes, load_recipe
-from tresnet_ft.tools_cli import print_listing
+from tresnet_ft.cli.recipe import available_recipes, load_recipe
+from tresnet_ft.cli.tools import print_listing
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ def _messages(caplog, level=logging.INFO) -> list[str]:
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     """The command with stdout piped, in an 80-column environment."""
-    return subprocess.run([sys.executable, "-m", "tresnet_ft.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tresnet_ft.cli.command", *args], capture_output=True, text=True,
                           cwd=REPO, env={"COLUMNS": "80", "PATH": "", "HF_HUB_OFFLINE": "1"})
 
 
@@ -98,7 +98,7 @@ def _installed_closure(names: set[str]) -> set[str]:
 IMPORTED_BY_ONNX_EXPORT = """
 import json, sys
 before = set(sys.modules)
-from tresnet_ft.export import export_model
+from tresnet_ft.inference.export import export_model
 export_model(sys.argv[1], "onnx", sys.argv[2])
 print(json.dumps(sorted({name.split(".")[0] for name in set(sys.modules) - before})))
 """

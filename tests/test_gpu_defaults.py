@@ -8,12 +8,12 @@ import pytest
 import torch
 import yaml
 
-from tresnet_ft.cli import training_args
+from tresnet_ft.cli.command import training_args
 from tresnet_ft.data import ImageDataModule
 from tresnet_ft.data import workers
 from tresnet_ft.data.workers import workers_per_process
-from tresnet_ft.lightning_cli import run_cli
-from tresnet_ft.recipe import cuda_supports_bf16, load_recipe, resolve_precision, resolve_trainer_settings
+from tresnet_ft.cli.lightning_cli import run_cli
+from tresnet_ft.cli.recipe import cuda_supports_bf16, load_recipe, resolve_precision, resolve_trainer_settings
 
 NO_GPU_HERE = pytest.mark.skipif(torch.cuda.is_available(), reason="asserts what a machine without CUDA gets")
 

@@ -5,7 +5,7 @@ import inspect
 import lightning.pytorch as pl
 from lightning.pytorch.strategies import DDPStrategy
 
-from tresnet_ft.lightning_private import search_unused_parameters
+from tresnet_ft.training.lightning_private import search_unused_parameters
 
 
 def test_ddp_strategy_passes_its_kwargs_to_distributed_data_parallel():

@@ -20,7 +20,7 @@ from sklearn.metrics import (
 )
 from torchmetrics.classification import MultilabelF1Score
 
-from tresnet_ft.metrics import (
+from tresnet_ft.training.metrics import (
     MultilabelMeanAveragePrecision,
     Thresholds,
     average_precision_per_class,
@@ -72,7 +72,7 @@ def test_classes_without_positives_are_reported_not_averaged(
     targets[:, [1, 4]] = 0
     per_class = average_precision_per_class(scores, targets)
     assert per_class[[1, 4]].isnan().all() and not per_class[[0, 2, 3, 5]].isnan().any()
-    with caplog.at_level(logging.WARNING, logger="tresnet_ft.metrics"):
+    with caplog.at_level(logging.WARNING, logger="tresnet_ft.training.metrics"):
         value = mean_average_precision(scores, targets)
     assert value.item() == pytest.approx(np.mean(sklearn_ap(scores, targets)), rel=1e-5)
     assert "4 of 6 classes" in caplog.text and "[1, 4]" in caplog.text

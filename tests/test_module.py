@@ -6,7 +6,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from tresnet_ft import ImageDataModule, TResNetClassifier, create_model
-from tresnet_ft.checkpoint import load_classifier
+from tresnet_ft.classifier.checkpoint import load_classifier
 
 
 def tiny_data(multi_label=False, num_images=16):

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from tresnet_ft import convert_sync_norm, create_model
 from tresnet_ft.models.layers import BlurPool2d, ShortcutAvgPool2d
-from tresnet_ft.models.memory import saved_activation_bytes
+from benchmarks.memory import saved_activation_bytes
 from tresnet_ft.models.norm_act import BatchNormAct2d, InPlaceABN
 
 
@@ -219,7 +219,7 @@ def test_the_fallback_keeps_the_input_under_autocast_and_the_inplace_path_its_ou
 
 def test_refresh_decides_every_layer_in_one_sync_and_the_forward_makes_none():
     from tresnet_ft.models import refresh_invertibility
-    from tresnet_ft.models.host_syncs import HostSyncCounter
+    from benchmarks.host_syncs import HostSyncCounter
     model = create_model("tresnet_m", 5).train()  # fresh: each block's last norm is zero
     x = torch.rand(2, 3, 64, 64)
     with HostSyncCounter() as unrefreshed:

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tresnet_ft.checkpoint import load_classifier
+from tresnet_ft.classifier.checkpoint import load_classifier
 from tresnet_ft.data.quickstart import SHAPES
 
 REPO = Path(__file__).resolve().parent.parent

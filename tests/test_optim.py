@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from tresnet_ft import create_model
-from tresnet_ft.optim import build_optimizer, build_scheduler, param_groups, warmup_cosine
+from tresnet_ft.training.optim import build_optimizer, build_scheduler, param_groups, warmup_cosine
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from tresnet_ft.plots import (
+from tresnet_ft.training.plots import (
     figure_to_array,
     plot_confusion_matrix,
     plot_image_grid,

@@ -25,8 +25,8 @@ from tests.classifier_builders import (
     write_photo_folder,
 )
 from tresnet_ft import UnsafeCheckpointError
-from tresnet_ft.checkpoint import ClassifierInfo, LoadedClassifier
-from tresnet_ft.predict import predict_to_file
+from tresnet_ft.classifier.checkpoint import ClassifierInfo, LoadedClassifier
+from tresnet_ft.inference.predict import predict_to_file
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def _expected_top_k(checkpoint: Path, paths, k: int) -> tuple[list[list[str]], t
 def test_single_label_csv_holds_the_models_top_k_in_path_order(single_label, photos, tmp_path, caplog):
     folder, readable, unreadable = photos
     output = tmp_path / "out" / "predictions.csv"
-    with caplog.at_level(logging.WARNING, logger="tresnet_ft.predict"):
+    with caplog.at_level(logging.WARNING, logger="tresnet_ft.inference.predict"):
         # two workers, small batches: the worker that decoded a batch must not change the row order
         summary = predict_to_file(single_label, [folder], output, top_k=3, batch_size=2, num_workers=2,
                                   progress=False)
@@ -155,7 +155,7 @@ def test_a_threshold_override_applies_to_every_tag(multi_label, photos, tmp_path
 def test_rows_reach_the_file_as_each_batch_finishes(photos, tmp_path, monkeypatch):
     """The model sees batch i+1 only after batch i's rows are on disk: nothing is held back.
     (A stand-in model: this is about the loop and the writer, not the network.)"""
-    import tresnet_ft.predict as predict_module
+    import tresnet_ft.inference.predict as predict_module
 
     folder, _, _ = photos
     output = tmp_path / "predictions.csv"
@@ -175,7 +175,7 @@ def test_rows_reach_the_file_as_each_batch_finishes(photos, tmp_path, monkeypatc
 
 
 def test_a_run_with_no_readable_image_writes_just_the_header(photos, tmp_path, monkeypatch):
-    import tresnet_ft.predict as predict_module
+    import tresnet_ft.inference.predict as predict_module
 
     info = ClassifierInfo(arch="tresnet_m", classes=TAGS, task="multi_label", image_size=IMAGE_SIZE)
     monkeypatch.setattr(predict_module, "load_fused_classifier", lambda *_: LoadedClassifier(None, info))
@@ -194,8 +194,8 @@ _MEMORY_SCRIPT = """
 import json, resource, sys
 from pathlib import Path
 import torch
-import tresnet_ft.predict as predict
-from tresnet_ft.checkpoint import ClassifierInfo, LoadedClassifier
+import tresnet_ft.inference.predict as predict
+from tresnet_ft.classifier.checkpoint import ClassifierInfo, LoadedClassifier
 
 info = ClassifierInfo(arch="tresnet_m", classes=list("abcde"), task="single_label", image_size=128)
 weights = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))

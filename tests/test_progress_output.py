@@ -15,8 +15,8 @@ from rich.console import Console
 
 from run_helpers import column_by_step, metrics_rows, run_command
 from test_callbacks import StepLossClassifier, loaders
-from tresnet_ft.models.host_syncs import HostSyncCounter
-from tresnet_ft.progress import FitReport, ThroughputProgressBar, resume_command
+from benchmarks.host_syncs import HostSyncCounter
+from tresnet_ft.training.progress import FitReport, ThroughputProgressBar, resume_command
 
 TINY_FIT = ["fit", "--recipe", "quickstart", "--logger", "csv", "--trainer.max_epochs", "1",
             "--data.dataset_options", '{"num_images": 16}', "--data.image_size", "32",
@@ -169,10 +169,10 @@ def test_ctrl_c_prints_the_command_that_resumes(tmp_path, monkeypatch, caplog, r
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)
     trainer = tiny_trainer(tmp_path, [FitReport(), checkpoints, InterruptAt(interrupt_at)],
                            enable_progress_bar=False)
-    with caplog.at_level(logging.INFO, logger="tresnet_ft.progress"), pytest.raises(SystemExit) as exit_:
+    with caplog.at_level(logging.INFO, logger="tresnet_ft.training.progress"), pytest.raises(SystemExit) as exit_:
         trainer.fit(StepLoss(), train, val)
     assert exit_.value.code == 1  # Lightning's graceful shutdown
-    (hint,) = [r.getMessage() for r in caplog.records if r.name == "tresnet_ft.progress"]
+    (hint,) = [r.getMessage() for r in caplog.records if r.name == "tresnet_ft.training.progress"]
     if interrupt_at == 2:  # before the first epoch's end: nothing to resume from
         assert hint == ("Interrupted at epoch 0, step 2. No checkpoint was saved yet; to start again, "
                         "run:\n  /opt/venv/bin/tresnet-ft fit --recipe flowers102 --ckpt_path best "
@@ -189,8 +189,8 @@ def test_ctrl_c_prints_the_command_that_resumes(tmp_path, monkeypatch, caplog, r
 def test_resume_command_rebuilds_how_the_program_was_started(tmp_path, monkeypatch):
     # python -m: argv[0] is the module's file; the interpreter's own arguments say how it ran.
     argv = ["/src/tresnet_ft/cli.py", "fit", "--recipe", "cifar10", "--ckpt_path=runs/x.ckpt"]
-    assert resume_command(argv, ["python3", "-X", "dev", "-m", "tresnet_ft.cli", *argv[1:]]) == \
-        "python3 -X dev -m tresnet_ft.cli fit --recipe cifar10 --ckpt_path last"
+    assert resume_command(argv, ["python3", "-X", "dev", "-m", "tresnet_ft.cli.command", *argv[1:]]) == \
+        "python3 -X dev -m tresnet_ft.cli.command fit --recipe cifar10 --ckpt_path last"
     # A console script found on PATH is shown by its name; arguments are quoted for the shell.
     script = tmp_path / "bin" / "tresnet-ft"
     script.parent.mkdir()
@@ -208,7 +208,7 @@ def test_the_summary_says_when_nothing_is_monitored(tmp_path, caplog):
     train, _ = loaders("single_label", num_images=8, batch_size=4)
     trainer = tiny_trainer(tmp_path, [FitReport()], limit_val_batches=0, max_epochs=1,
                            enable_progress_bar=False, enable_checkpointing=False)
-    with caplog.at_level(logging.INFO, logger="tresnet_ft.progress"):
+    with caplog.at_level(logging.INFO, logger="tresnet_ft.training.progress"):
         trainer.fit(StepLoss(), train)
-    (summary,) = [r.getMessage() for r in caplog.records if r.name == "tresnet_ft.progress"]
+    (summary,) = [r.getMessage() for r in caplog.records if r.name == "tresnet_ft.training.progress"]
     assert re.fullmatch(r"Fit finished in 0:00:\d\d; no checkpoint keeps a best metric\.", summary)

@@ -7,8 +7,8 @@ import numpy as np
 import onnxruntime
 import pytest
 
-from tresnet_ft.checkpoint import load_classifier
-from tresnet_ft.cli import main
+from tresnet_ft.classifier.checkpoint import load_classifier
+from tresnet_ft.cli.command import main
 from tresnet_ft.inference.sidecar import sidecar_path
 
 TINY = ["--trainer.max_epochs", "1", "--data.dataset_options", '{"num_images": 16}', "--logger", "csv"]
@@ -19,7 +19,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        import tresnet_ft.loggers as loggers
+        import tresnet_ft.training.loggers as loggers
         mp.setattr(loggers, "RUNS_DIR", root / "runs")
         assert main(["fit", "--recipe", "quickstart", *TINY]) == 0
     run = root / "runs" / "quickstart" / "version_0"

@@ -21,7 +21,7 @@ from tests.run_helpers import (
     metrics_rows,
     run_command,
 )
-from tresnet_ft.cli import main
+from tresnet_ft.cli.command import main
 
 STEPS_PER_EPOCH, EPOCHS, EVERY_N_STEPS, KILL_AT = 3, 2, 2, 5
 # EMA is on in the quickstart recipe; SGD keeps the checkpoints smaller than AdamW (one state tensor).
@@ -114,7 +114,7 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path):
 def test_ckpt_path_last_without_a_previous_run_is_one_clear_line(
     tmp_path, monkeypatch, caplog
 ):
-    from tresnet_ft import loggers
+    from tresnet_ft.training import loggers
 
     monkeypatch.setattr(loggers, "RUNS_DIR", tmp_path / "runs")
     assert main([*FIT, "--ckpt_path", "last"]) == 2

@@ -54,7 +54,7 @@ def _refused(caplog, args: list[str], marker: Path) -> str:
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-    from tresnet_ft import loggers
+    from tresnet_ft.training import loggers
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(loggers, "RUNS_DIR", tmp_path / "runs")

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from torch.distributed import distributed_c10d
 
 from tresnet_ft import convert_sync_norm
-from tresnet_ft.models.host_syncs import HostSyncCounter
+from benchmarks.host_syncs import HostSyncCounter
 from tresnet_ft.models.norm_act import BatchNormAct2d, InPlaceABN
 from tresnet_ft.models.sync_norm import distributed_batch_norm, distributed_batch_norm_backward
 

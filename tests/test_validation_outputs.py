@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tresnet_ft.validation_outputs import ValidationOutputs, WorstPredictions, describe_worst
+from tresnet_ft.training.validation_outputs import ValidationOutputs, WorstPredictions, describe_worst
 
 
 def batches(num_batches: int, batch_size: int, num_classes: int, multi_label: bool, seed: int = 0):

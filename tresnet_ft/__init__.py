@@ -15,8 +15,8 @@ from .models import (ARCHS, PRETRAINED, TResNet, UnsafeCheckpointError, WeightsU
 
 __version__ = "0.1.0"
 
-_LAZY = {"ImageDataModule": ".data", "TResNetClassifier": ".module", "fit": ".api",
-         "load_classifier": ".checkpoint"}
+_LAZY = {"ImageDataModule": ".data", "TResNetClassifier": ".training.module", "fit": ".cli.api",
+         "load_classifier": ".classifier.checkpoint"}
 
 
 def __getattr__(name: str) -> Any:

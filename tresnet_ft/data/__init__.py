@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .base import DatasetInfo, ImageFileDataset, InMemoryImageDataset
-from .download import DatasetNotFoundError, default_data_root
+from ..fetch.download import DatasetNotFoundError, default_data_root
 from .images import UnreadableImageError, decode_image, read_image
 from .mixing import BatchMixer
 from .quickstart import QuickstartDataset

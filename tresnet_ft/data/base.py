@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from .images import UnreadableImageError, read_image
 from .unreadable import UnreadableLog
+from ..errors import InvalidValueError
 
 Task = Literal["single_label", "multi_label"]
 TASKS: tuple[str, ...] = ("single_label", "multi_label")
@@ -39,7 +40,7 @@ class DatasetInfo:
 def check_split(split: str, allowed: Sequence[str] = SPLITS) -> str:
     """Return ``split`` if it is one of ``allowed``; otherwise raise a ValueError naming them."""
     if split not in allowed:
-        raise ValueError(f"Expected split to be one of {list(allowed)}, but got {split!r}.")
+        raise InvalidValueError(f"Expected split to be one of {list(allowed)}, but got {split!r}.")
     return split
 
 
@@ -50,14 +51,14 @@ def check_targets(targets: np.ndarray, num_classes: int, task: Task) -> np.ndarr
         if targets.ndim != 1 or (
             targets.size and (targets.min() < 0 or targets.max() >= num_classes)
         ):
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected single-label targets [N] in [0, {num_classes}), but got shape "
                 f"{targets.shape} with range [{targets.min(initial=0)}, {targets.max(initial=0)}]."
             )
         return targets
     targets = np.asarray(targets, dtype=np.float32)
     if targets.ndim != 2 or targets.shape[1] != num_classes:
-        raise ValueError(f"Expected multi-hot targets [N, {num_classes}], but got {targets.shape}.")
+        raise InvalidValueError(f"Expected multi-hot targets [N, {num_classes}], but got {targets.shape}.")
     return targets
 
 
@@ -66,7 +67,7 @@ class LabelledDataset(Dataset):
 
     def __init__(self, targets: np.ndarray, classes: Sequence[str], task: Task) -> None:
         if task not in TASKS:
-            raise ValueError(f"Expected task to be one of {list(TASKS)}, but got {task!r}.")
+            raise InvalidValueError(f"Expected task to be one of {list(TASKS)}, but got {task!r}.")
         self.classes: list[str] = list(classes)
         self.task: Task = task
         self.targets = check_targets(targets, len(self.classes), task)
@@ -103,11 +104,11 @@ class InMemoryImageDataset(LabelledDataset):
     ) -> None:
         super().__init__(targets, classes, task)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected uint8 images [N, H, W, 3], but got {images.dtype} {images.shape}."
             )
         if len(images) != len(self.targets):
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected one target per image, but got {len(images)} images and {len(self.targets)} targets."
             )
         self.images = images
@@ -149,7 +150,7 @@ class ImageFileDataset(LabelledDataset):
     ) -> None:
         super().__init__(targets, classes, task)
         if len(paths) != len(self.targets):
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected one target per path, but got {len(paths)} paths and {len(self.targets)} targets."
             )
         self.paths = [str(path) for path in paths]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import DatasetInfo, ImageFileDataset, check_split
-from .download import DatasetNotFoundError
+from ..fetch.download import DatasetNotFoundError
 from .matfiles import load_mat
 from .splits import holdout_mask
 from .unreadable import keep_readable

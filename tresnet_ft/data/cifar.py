@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from .base import DatasetInfo, InMemoryImageDataset, check_split
-from .download import RemoteFile, ensure_dataset_files, file_md5
+from ..fetch.download import RemoteFile, ensure_dataset_files, file_md5
 from .splits import holdout_mask
+from ..errors import InvalidValueError
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -267,7 +268,7 @@ def _read_pickle(path: Path) -> dict:
             # The archives were pickled by Python 2; latin1 maps its byte strings one-to-one.
             return _ArraysOnlyUnpickler(handle, encoding="latin1").load()
         except pickle.UnpicklingError as error:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Refusing to read {path}: {error}, and unpickling it could run code. Fix: delete "
                 f"the folder {path.parent} and let it be downloaded again (or extract the official "
                 "archive there yourself)."

@@ -25,6 +25,7 @@ from .registry import check_options, describe_dataset, get_entry, resolve_root
 from .transforms import EvalCrop, TrainCrop, TransformConfig, build_transforms, images_to_float
 from .unreadable import UnreadableLog
 from .workers import default_num_workers, single_threaded_opencv
+from ..errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,12 @@ class ImageDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         get_entry(dataset)  # fail early on an unknown name
         if batch_size < 1:
-            raise ValueError(f"Expected batch_size to be a positive integer, but got {batch_size}.")
+            raise InvalidValueError(f"Expected batch_size to be a positive integer, but got {batch_size}.")
         self.dataset_name = dataset
         self.root = root
         self.batch_size = batch_size
         if num_workers is not None and num_workers < 0:
-            raise ValueError(f"Expected num_workers to be None (automatic) or >= 0, but got {num_workers}.")
+            raise InvalidValueError(f"Expected num_workers to be None (automatic) or >= 0, but got {num_workers}.")
         self._num_workers = num_workers
         self.options = self._dataset_options(dataset_options, val_fraction, seed)
         self.transform_config = TransformConfig(
@@ -181,7 +182,7 @@ class ImageDataModule(pl.LightningDataModule):
         if self._mixer is None:
             mixer = BatchMixer(self.num_classes, **self.mix_settings)
             if mixer.enabled and self.task != "single_label":
-                raise ValueError(
+                raise InvalidValueError(
                     f"Expected mixup/cutmix only for single-label data, but {self.dataset_name!r} is "
                     f"{self.task}. Fix: set mixup_alpha and cutmix_alpha to 0."
                 )
@@ -254,7 +255,7 @@ class ImageDataModule(pl.LightningDataModule):
         accepted = inspect.signature(get_entry(self.dataset_name).load).parameters
         if val_fraction is not None:
             if "val_fraction" not in accepted:
-                raise ValueError(
+                raise InvalidValueError(
                     f"Dataset {self.dataset_name!r} has fixed splits: expected val_fraction=None, but got {val_fraction}."
                 )
             options.setdefault("val_fraction", val_fraction)
@@ -267,7 +268,7 @@ class ImageDataModule(pl.LightningDataModule):
         entry = get_entry(self.dataset_name)
         dataset = entry.load(resolve_root(self.dataset_name, self.root), split, **self.options)
         if tuple(dataset.classes) != self.info.classes:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{self.dataset_name}/{split}: expected the classes the model was built for "
                 f"({self.num_classes}), but the loaded split has {len(dataset.classes)} different ones."
             )

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from .base import DatasetInfo, ImageFileDataset, check_split
-from .download import RemoteFile, ensure_dataset_files
+from ..fetch.download import RemoteFile, ensure_dataset_files
 from .matfiles import load_mat
 from .unreadable import keep_readable
+from ..errors import InvalidValueError
 
 FOLDER = "flowers-102"
 _URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
@@ -157,7 +158,7 @@ def load_flowers(root: Path, split: str) -> ImageFileDataset:
     labels = np.asarray(load_mat(folder / "imagelabels.mat")["labels"], dtype=np.int64).ravel()
     ids = np.asarray(load_mat(folder / "setid.mat")[SPLIT_KEYS[split]], dtype=np.int64).ravel()
     if labels.min() < 1 or labels.max() > len(FLOWERS102_CLASSES) or ids.max() > len(labels):
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected 1-based labels in [1, 102] and image ids in [1, {len(labels)}] in "
             f"{folder}, but got labels [{labels.min()}, {labels.max()}] and ids up to {ids.max()}."
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InvalidValueError, MissingInputError
 from .base import DatasetInfo, ImageFileDataset, check_split
 from .images import IMAGE_EXTENSIONS
 from .splits import holdout_mask
@@ -58,7 +59,7 @@ def load_folder(
         paths, targets = _list_images(own_dir, classes, split)
         return _dataset(paths, targets, classes, f"folder/{split}")
     if split == "test":
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"Expected a test/ folder in {root} for split 'test', but there is none."
         )
     paths, targets = _list_images(train_dir, classes, "train")
@@ -73,7 +74,7 @@ def load_folder(
 def _split_dir(root: Path, split: str) -> Path | None:
     """The folder holding ``split``'s class folders: ``root/<split>``, or ``root`` for train."""
     if not root.is_dir():
-        raise FileNotFoundError(f"Expected an image folder at {root}, but it does not exist.")
+        raise MissingInputError(f"Expected an image folder at {root}, but it does not exist.")
     has_split_folders = (root / "train").is_dir()
     if not has_split_folders:
         return root if split == "train" else None
@@ -89,7 +90,7 @@ def _class_names(folder: Path | None) -> list[str]:
         entry.name for entry in folder.iterdir() if entry.is_dir() and not _hidden(entry.name)
     )
     if not names:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected class sub-folders in {folder} (e.g. {folder}/cat/001.jpg), but found none."
         )
     return names
@@ -102,7 +103,7 @@ def _hidden(name: str) -> bool:
 def _check_no_unknown_classes(folder: Path, classes: list[str], train_dir: Path) -> None:
     unknown = sorted(set(_class_names(folder)) - set(classes))
     if unknown:
-        raise ValueError(
+        raise InvalidValueError(
             f"Classes {unknown} have images in {folder} but no folder in {train_dir}: a model "
             f"cannot learn them. Fix: add training images under {train_dir}/<class>/ or remove them."
         )
@@ -116,7 +117,7 @@ def _list_images(folder: Path, classes: list[str], split: str) -> tuple[list[str
         paths += found
         targets += [label] * len(found)
     if not paths:
-        raise ValueError(f"Expected images in the class folders of {folder}, but found none.")
+        raise InvalidValueError(f"Expected images in the class folders of {folder}, but found none.")
     return paths, np.asarray(targets, dtype=np.int64)
 
 
@@ -141,7 +142,7 @@ def _dataset(
             classes[i] for i in np.flatnonzero(np.bincount(targets, minlength=len(classes)) == 0)
         ]
         if empty:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{name}: classes {empty} have no readable training image. Fix: add images to "
                 "those class folders or remove the folders."
             )

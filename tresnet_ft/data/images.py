@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..errors import InvalidValueError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 
 # OpenCV's "reduced" flags include the BGR colour bit; swap it for RGB so no cvtColor is needed.
@@ -32,7 +34,7 @@ _REDUCED_RGB = {
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-class UnreadableImageError(ValueError):
+class UnreadableImageError(InvalidValueError):
     """A file that is not a decodable image. ``reason`` says why, in a few words."""
 
     def __init__(self, source: str, reason: str) -> None:

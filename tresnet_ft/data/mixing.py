@@ -12,6 +12,7 @@ import math
 
 import torch
 from torch.nn import functional as F
+from ..errors import InvalidValueError
 
 
 class BatchMixer:
@@ -44,16 +45,16 @@ class BatchMixer:
         switch_prob: float = 0.5,
     ) -> None:
         if num_classes < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected num_classes to be a positive integer, but got {num_classes}."
             )
         if mixup_alpha < 0 or cutmix_alpha < 0:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected non-negative alphas, but got mixup {mixup_alpha}, cutmix {cutmix_alpha}."
             )
         for name, value in (("prob", prob), ("switch_prob", switch_prob)):
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"Expected {name} in [0, 1], but got {value}.")
+                raise InvalidValueError(f"Expected {name} in [0, 1], but got {value}.")
         self.num_classes = num_classes
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.prob, self.switch_prob = prob, switch_prob
@@ -66,7 +67,7 @@ class BatchMixer:
         self, images: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if images.ndim != 4 or not images.is_floating_point():
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected float images [B, C, H, W], but got {images.dtype} {tuple(images.shape)}."
             )
         soft = self.soft_targets(targets).to(images.dtype)
@@ -89,7 +90,7 @@ class BatchMixer:
             return F.one_hot(targets.long(), self.num_classes).float()
         if targets.ndim == 2 and targets.shape[1] == self.num_classes:
             return targets.float()
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected targets [B] or [B, {self.num_classes}], but got {tuple(targets.shape)}."
         )
 

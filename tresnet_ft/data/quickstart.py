@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from .base import SPLITS, DatasetInfo, LabelledDataset, Target, check_split
+from ..errors import InvalidValueError
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond")
 DEFAULT_SIZES = {"train": 500, "val": 100, "test": 100}
@@ -50,7 +51,7 @@ class QuickstartDataset(LabelledDataset):
     ) -> None:
         check_split(split)
         if image_size < 16:
-            raise ValueError(f"Expected image_size of at least 16 pixels, but got {image_size}.")
+            raise InvalidValueError(f"Expected image_size of at least 16 pixels, but got {image_size}.")
         self.split, self.image_size, self.multi_label, self.seed = (
             split,
             image_size,
@@ -59,7 +60,7 @@ class QuickstartDataset(LabelledDataset):
         )
         self.num_images = DEFAULT_SIZES[split] if num_images is None else int(num_images)
         if self.num_images < 1:
-            raise ValueError(f"Expected num_images of at least 1, but got {num_images}.")
+            raise InvalidValueError(f"Expected num_images of at least 1, but got {num_images}.")
         targets = np.stack([self._target(i) for i in range(self.num_images)])
         super().__init__(targets, SHAPES, "multi_label" if multi_label else "single_label")
 
@@ -172,5 +173,5 @@ def check_split_counts(num_images: Mapping[str, int]) -> Mapping[str, int]:
     """Return ``num_images`` (counts by split) if every key is a split; otherwise raise a ValueError."""
     unknown = sorted(set(num_images) - set(SPLITS))
     if unknown:
-        raise ValueError(f"Expected num_images keys among {list(SPLITS)}, but got {unknown}.")
+        raise InvalidValueError(f"Expected num_images keys among {list(SPLITS)}, but got {unknown}.")
     return num_images

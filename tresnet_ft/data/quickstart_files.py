@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from .quickstart import SHAPES, QuickstartDataset, check_split_counts
+from ..errors import InvalidValueError
 
 SMALL_SIZES = {"train": 100, "val": 25, "test": 10}  # enough for every class, quick to write
 TABLE_NAME = "tags.csv"
@@ -118,13 +119,13 @@ def write_quickstart_table(
 def _check_sizes(num_images: Mapping[str, int] | None, minimum_train: int) -> dict[str, int]:
     sizes = dict(check_split_counts(SMALL_SIZES if num_images is None else num_images))
     if sizes.get("train", 0) < minimum_train:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected at least {minimum_train} training image(s) so that every class has one, but got "
             f"num_images={sizes}. Fix: e.g. num_images={{'train': 40, 'val': 10}}."
         )
     bad = {split: count for split, count in sizes.items() if int(count) < 1}
     if bad:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected at least one image per split named, but got {bad}. Fix: leave those splits out."
         )
     return {split: int(count) for split, count in sizes.items()}
@@ -140,7 +141,7 @@ def _tag_mask(dataset: QuickstartDataset) -> np.ndarray:
 def _check_every_tag_trained(present: np.ndarray, seed: int) -> None:
     missing = [SHAPES[k] for k in np.flatnonzero(~present.any(axis=0))]
     if missing:
-        raise ValueError(
+        raise InvalidValueError(
             f"No training image shows {missing} with {len(present)} training images (seed {seed}): "
             "their tags could not be learned. Fix: ask for more training images (e.g. 20)."
         )

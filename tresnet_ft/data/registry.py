@@ -25,7 +25,8 @@ from torch.utils.data import Dataset
 
 from . import cars, cifar, flowers, folder, quickstart, tabular
 from .base import DatasetInfo, check_split
-from .download import DatasetNotFoundError, MissingInput, default_data_root
+from ..fetch.download import DatasetNotFoundError, MissingInput, default_data_root
+from ..errors import InvalidValueError
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ DATASETS: dict[str, DatasetEntry] = {
 def get_entry(name: str) -> DatasetEntry:
     """The registry entry for ``name``; a ValueError lists the known names otherwise."""
     if name not in DATASETS:
-        raise ValueError(f"Expected dataset to be one of {sorted(DATASETS)}, but got {name!r}.")
+        raise InvalidValueError(f"Expected dataset to be one of {sorted(DATASETS)}, but got {name!r}.")
     return DATASETS[name]
 
 
@@ -118,7 +119,7 @@ def resolve_root(name: str, root: str | Path | None) -> Path:
     if root is not None:
         return Path(root).expanduser()
     if get_entry(name).root_is_data:
-        raise ValueError(
+        raise InvalidValueError(
             f"Dataset {name!r} reads your own data: expected root to be its folder or file, but got None."
         )
     return default_data_root()
@@ -151,7 +152,7 @@ def check_options(name: str, function: Callable[..., Any], options: dict[str, An
     accepted = [p for p in inspect.signature(function).parameters if p not in skip]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(f"Dataset {name!r} does not take options {unknown}; it takes {accepted}.")
+        raise InvalidValueError(f"Dataset {name!r} does not take options {unknown}; it takes {accepted}.")
 
 
 def describe_dataset(name: str, root: str | Path | None = None, **options: Any) -> DatasetInfo:

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Sequence
 
 import numpy as np
+from ..errors import InvalidValueError
 
 
 def hash_unit(key: str | int, seed: int) -> float:
@@ -33,9 +34,9 @@ def holdout_mask(
         seed: changes which items are picked.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"Expected a holdout fraction in (0, 1), but got {fraction}.")
+        raise InvalidValueError(f"Expected a holdout fraction in (0, 1), but got {fraction}.")
     if len(keys) != len(targets):
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected one key per target, but got {len(keys)} keys and {len(targets)} targets."
         )
     ranks = np.array([hash_unit(key, seed) for key in keys], dtype=np.float64)

@@ -24,6 +24,7 @@ import numpy as np
 from .base import DatasetInfo, ImageFileDataset, Task, check_split
 from .splits import holdout_mask
 from .unreadable import describe_paths, keep_readable
+from ..errors import InvalidValueError, MissingInputError
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -51,12 +52,12 @@ def resolve_table(root: Path) -> Path:
     if root.is_file():
         return root
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"Expected a .csv or .jsonl file (or a folder with one) at {root}, but it does not exist."
         )
     found = sorted(path for path in root.iterdir() if path.suffix.lower() in TABLE_SUFFIXES)
     if len(found) != 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected exactly one .csv or .jsonl file in {root}, but found {[p.name for p in found]}. "
             "Fix: pass the file itself as root."
         )
@@ -74,10 +75,10 @@ def read_table(root: Path, allow_outside_paths: bool = False) -> TagTable:
     path = resolve_table(root)
     rows, lines = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else _read_csv(path)
     if not rows:
-        raise ValueError(f"Expected at least one row in {path}, but it is empty.")
+        raise InvalidValueError(f"Expected at least one row in {path}, but it is empty.")
     for column in ("image", "labels"):
         if column not in rows[0]:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected a {column!r} column in {path}, but got columns {sorted(rows[0])}. Fix: "
                 "name the columns 'image' (paths relative to the file) and 'labels' (the tags)."
             )
@@ -87,7 +88,7 @@ def read_table(root: Path, allow_outside_paths: bool = False) -> TagTable:
     images = [str((path.parent / image).resolve()) for image in written]
     missing = [image for image in images if not Path(image).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{len(missing)} image(s) listed in {path} do not exist: {describe_paths(missing)}. "
             "Fix: correct the paths (relative to the file's folder) or remove those rows."
         )
@@ -156,7 +157,7 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise ValueError(
+                raise InvalidValueError(
                     f"Expected one JSON object per line in {path}, but line {number} is not: {error}."
                 ) from error
             lines.append(number)
@@ -174,7 +175,7 @@ def _check_inside_folder(path: Path, images: list[str], lines: list[int]) -> Non
     if outside:
         line, image = outside[0]
         more = f" (and {len(outside) - 1} more row(s))" if len(outside) > 1 else ""
-        raise ValueError(
+        raise InvalidValueError(
             f"Line {line} of {path} names image {image!r}, which is outside the table's folder "
             f"{folder}{more}. Image paths must stay inside it. Fix: move the images under that "
             "folder, or, for a table you trust, allow it: dataset_options {allow_outside_paths: true} "
@@ -203,7 +204,7 @@ def _read_splits(rows: list[dict], path: Path) -> list[str] | None:
     for row in rows:
         value = str(row.get("split") or "").strip().lower()
         if value not in SPLIT_ALIASES:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected split values in {sorted(SPLIT_ALIASES)} in {path}, but got {row.get('split')!r} "
                 f"(image {row['image']})."
             )
@@ -221,12 +222,12 @@ def _split_rows(table: TagTable, split: str, fraction: float, seed: int) -> np.n
     if table.splits is not None:
         rows = np.flatnonzero(np.array(table.splits) == split)
         if not len(rows):
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected rows with split={split!r} in {table.source}, but there are none."
             )
         return rows
     if split == "test":
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected a 'split' column in {table.source} to load split 'test', but there is none."
         )
     keys = [os.path.relpath(image, table.source.parent) for image in table.images]
@@ -244,14 +245,14 @@ def _strata(table: TagTable) -> np.ndarray:
 def _classes(table: TagTable, train_rows: np.ndarray) -> list[str]:
     classes = sorted({tag for i in train_rows for tag in table.tags[i]})
     if not classes:
-        raise ValueError(f"Expected tags in the training rows of {table.source}, but found none.")
+        raise InvalidValueError(f"Expected tags in the training rows of {table.source}, but found none.")
     return classes
 
 
 def _check_known_tags(table: TagTable, rows: np.ndarray, classes: list[str], split: str) -> None:
     unknown = sorted({tag for i in rows for tag in table.tags[i]} - set(classes))
     if unknown:
-        raise ValueError(
+        raise InvalidValueError(
             f"Tags {unknown} appear in the {split} rows of {table.source} but in no training row: "
             "a model cannot learn them. Fix: add training rows with them or remove them."
         )
@@ -262,7 +263,7 @@ def _targets(table: TagTable, rows: np.ndarray, classes: list[str], task: Task) 
     if task == "single_label":
         bad = [table.images[i] for i in rows if len(table.tags[i]) != 1]
         if bad:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected exactly one tag per row for single-label data, but these rows differ: {describe_paths(bad)}."
             )
         return np.array([index[table.tags[i][0]] for i in rows], dtype=np.int64)

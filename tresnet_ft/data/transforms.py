@@ -21,6 +21,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from ..errors import InvalidValueError
 
 TrainCrop = Literal["random_resized_crop", "squish_random_crop", "squish"]
 EvalCrop = Literal["squish", "center_crop"]
@@ -57,20 +58,20 @@ class TransformConfig:
 
     def __post_init__(self) -> None:
         if self.image_size < 8:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected image_size of at least 8 pixels, but got {self.image_size}."
             )
         if not 0 <= self.randaugment_magnitude <= MAX_MAGNITUDE:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected randaugment_magnitude in [0, {MAX_MAGNITUDE}], but got {self.randaugment_magnitude}."
             )
         for name in ("hflip", "cutout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(
+                raise InvalidValueError(
                     f"Expected {name} to be a probability in [0, 1], but got {getattr(self, name)}."
                 )
         if min(self.std) <= 0:
-            raise ValueError(f"Expected a positive std per channel, but got {self.std}.")
+            raise InvalidValueError(f"Expected a positive std per channel, but got {self.std}.")
 
 
 def randaugment_ops(magnitude: float) -> list[A.BasicTransform]:
@@ -145,7 +146,7 @@ def eval_ops(config: TransformConfig) -> list[A.BasicTransform]:
             A.SmallestMaxSize(max_size=short_side, area_for_downscale="image"),
             A.CenterCrop(size, size),
         ]
-    raise ValueError(
+    raise InvalidValueError(
         f"Expected eval_crop to be 'squish' or 'center_crop', but got {config.eval_crop!r}."
     )
 
@@ -170,7 +171,7 @@ def _train_resize(config: TransformConfig) -> list[A.BasicTransform]:
         return [A.Resize(padded, padded, area_for_downscale=area), A.RandomCrop(size, size)]
     if config.train_crop == "squish":
         return [A.Resize(size, size, area_for_downscale=area)]
-    raise ValueError(
+    raise InvalidValueError(
         f"Expected train_crop to be one of 'random_resized_crop', 'squish_random_crop', 'squish', "
         f"but got {config.train_crop!r}."
     )
@@ -194,7 +195,7 @@ class ImageTransform:
         output: Output,
     ) -> None:
         if output not in ("float", "uint8"):
-            raise ValueError(f"Expected output to be 'float' or 'uint8', but got {output!r}.")
+            raise InvalidValueError(f"Expected output to be 'float' or 'uint8', but got {output!r}.")
         self.resize = A.Compose(list(resize))
         self.policy = A.Compose(list(policy)) if policy else None
         self.finish = A.Compose(list(finish)) if finish else None
@@ -242,7 +243,7 @@ def build_transforms(
     known = {field.name for field in fields(TransformConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"Unknown transform settings {unknown}; expected some of {sorted(known)}.")
+        raise InvalidValueError(f"Unknown transform settings {unknown}; expected some of {sorted(known)}.")
     config = replace(config, **overrides)
     stages = train_stages(config) if train else (eval_ops(config), [], [])
     return ImageTransform(*stages, config=config, output=output)

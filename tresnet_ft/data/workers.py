@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import cv2
+from ..errors import InvalidValueError
 
 
 MAX_WORKERS_PER_PROCESS = 8  # more rarely helps one GPU and costs memory per worker
@@ -17,7 +18,7 @@ def workers_per_process(cores: int, processes: int) -> int:
     and at most 8: ``workers_per_process(64, 8) == 7``, ``workers_per_process(2, 1) == 1``.
     """
     if cores < 1 or processes < 1:
-        raise ValueError(f"Expected cores and processes to be at least 1, but got cores={cores}, "
+        raise InvalidValueError(f"Expected cores and processes to be at least 1, but got cores={cores}, "
                          f"processes={processes}.")
     return max(1, min(MAX_WORKERS_PER_PROCESS, cores // processes - 1))
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from .linear import LinearHead
 from .ml_decoder import MLDecoder, convert_ml_decoder_state_dict
+from ..errors import InvalidValueError
 
 HEADS: dict[str, Callable[..., nn.Module]] = {
     "linear": LinearHead,
@@ -25,9 +26,9 @@ def create_head(name: str, num_features: int, num_classes: int, **head_args: Any
         ValueError: ``name`` is not a registered head (the message lists the valid ones).
     """
     if name not in HEADS:
-        raise ValueError(f"Expected head to be one of {sorted(HEADS)}, but got {name!r}.")
+        raise InvalidValueError(f"Expected head to be one of {sorted(HEADS)}, but got {name!r}.")
     if num_classes < 1:
-        raise ValueError(f"Expected num_classes to be a positive integer, but got {num_classes}.")
+        raise InvalidValueError(f"Expected num_classes to be a positive integer, but got {num_classes}.")
     return HEADS[name](num_features, num_classes, **head_args)
 
 

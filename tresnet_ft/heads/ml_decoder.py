@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 from torch.nn import functional as F
+from ..errors import InvalidValueError
 
 DEFAULT_MAX_GROUPS = 100
 
@@ -167,7 +168,7 @@ class MLDecoder(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.ndim != 4 or features.shape[1] != self.num_features:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected features of shape [B, {self.num_features}, H, W], "
                 f"but got {list(features.shape)}."
             )
@@ -194,15 +195,15 @@ def _validate_arguments(
     num_features: int, num_classes: int, num_groups: int, embed_dim: int, num_heads: int
 ) -> None:
     if num_features < 1 or num_classes < 1:
-        raise ValueError(
+        raise InvalidValueError(
             "Expected num_features and num_classes to be positive integers, "
             f"but got {num_features} and {num_classes}."
         )
     if num_groups != -1 and num_groups < 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected num_groups to be -1 or a positive integer, but got {num_groups}."
         )
     if embed_dim % num_heads != 0:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected embed_dim to be divisible by num_heads, but got {embed_dim} and {num_heads}."
         )

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..checkpoint import ClassifierInfo
+from ..classifier.checkpoint import ClassifierInfo
 from ..data.transforms import images_to_float
+from ..errors import InvalidValueError
 
 INPUT_DTYPES = ("float32", "uint8")
 
@@ -35,7 +36,7 @@ class Uint8Input(nn.Module):
 def exportable_model(model: nn.Module, info: ClassifierInfo, input_dtype: str) -> nn.Module:
     """``model`` as it will be exported for inputs of ``input_dtype`` (see the module doc)."""
     if input_dtype not in INPUT_DTYPES:
-        raise ValueError(f"Expected input_dtype to be one of {list(INPUT_DTYPES)}, but got {input_dtype!r}.")
+        raise InvalidValueError(f"Expected input_dtype to be one of {list(INPUT_DTYPES)}, but got {input_dtype!r}.")
     model = model.eval()
     return Uint8Input(model, info.mean, info.std).eval() if input_dtype == "uint8" else model
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..data.images import IMAGE_EXTENSIONS
 from ..data.tabular import TABLE_SUFFIXES
+from ..errors import InvalidValueError, MissingInputError
 
 IMAGE_COLUMN = "image"
 
@@ -32,14 +33,14 @@ def list_image_paths(inputs: Sequence[str | Path]) -> list[str]:
             no images at all (the message says where it looked).
     """
     if isinstance(inputs, (str, Path)) or not inputs:
-        raise ValueError(f"Expected a list of image files, folders or CSV/JSONL tables, but got {inputs!r}. "
+        raise InvalidValueError(f"Expected a list of image files, folders or CSV/JSONL tables, but got {inputs!r}. "
                          "Fix: pass e.g. ['photos/'] or ['images.csv'].")
     found: dict[str, None] = {}  # an ordered set: a file named twice is predicted once
     for source in inputs:
         for path in _paths_of(Path(source)):
             found.setdefault(path)
     if not found:
-        raise ValueError(f"Expected at least one image, but found none in {_describe_sources(inputs)}. Fix: "
+        raise InvalidValueError(f"Expected at least one image, but found none in {_describe_sources(inputs)}. Fix: "
                          f"point at images with one of the suffixes {sorted(IMAGE_EXTENSIONS)} (hidden "
                          "files are skipped), or at a CSV/JSONL file with rows in its 'image' column.")
     return list(found)
@@ -50,7 +51,7 @@ def _paths_of(source: Path) -> Iterator[str]:
         return _images_in_folder(source)
     if source.is_file():
         return _images_in_table(source) if source.suffix.lower() in TABLE_SUFFIXES else iter([str(source)])
-    raise FileNotFoundError(f"Expected an image file, a folder or a CSV/JSONL table at {source}, "
+    raise MissingInputError(f"Expected an image file, a folder or a CSV/JSONL table at {source}, "
                             "but nothing exists there. Fix: check the path (relative paths start "
                             f"from {Path.cwd()}).")
 
@@ -69,7 +70,7 @@ def _images_in_table(table: Path) -> Iterator[str]:
     for number, row in rows:
         value = row.get(IMAGE_COLUMN)
         if value is None or not str(value).strip():
-            raise ValueError(f"Expected an image path in the {IMAGE_COLUMN!r} field of row {number} of "
+            raise InvalidValueError(f"Expected an image path in the {IMAGE_COLUMN!r} field of row {number} of "
                              f"{table}, but got {value!r}. Fix: fill it in or remove the row.")
         # As in training tables: relative to the table's folder (an absolute path replaces it),
         # resolved so that "../x.jpg" and symlinked folders name the file that is actually read.
@@ -81,7 +82,7 @@ def _csv_rows(table: Path) -> Iterator[tuple[int, dict]]:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         if IMAGE_COLUMN not in columns:
-            raise ValueError(f"Expected an {IMAGE_COLUMN!r} column in {table}, but got columns {columns}. "
+            raise InvalidValueError(f"Expected an {IMAGE_COLUMN!r} column in {table}, but got columns {columns}. "
                              f"Fix: name the column of image paths {IMAGE_COLUMN!r} in the header row.")
         yield from enumerate(reader, start=2)  # line 1 is the header
 
@@ -94,11 +95,11 @@ def _jsonl_rows(table: Path) -> Iterator[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"Expected one JSON object per line in {table}, but line {number} is "
+                raise InvalidValueError(f"Expected one JSON object per line in {table}, but line {number} is "
                                  f"not: {error}.") from error
             if not isinstance(row, dict) or IMAGE_COLUMN not in row:
                 keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise ValueError(f"Expected an {IMAGE_COLUMN!r} key on line {number} of {table}, but got "
+                raise InvalidValueError(f"Expected an {IMAGE_COLUMN!r} key on line {number} of {table}, but got "
                                  f"{keys}. Fix: write each line as {{\"{IMAGE_COLUMN}\": \"path/to.jpg\"}}.")
             yield number, row
 

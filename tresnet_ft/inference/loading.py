@@ -5,8 +5,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import LoadedClassifier, load_classifier
+from ..classifier.checkpoint import LoadedClassifier, load_classifier
 from ..models.fuse import fuse_for_inference
+from ..errors import MissingInputError
 
 
 def open_checkpoint(checkpoint: str | Path) -> LoadedClassifier:
@@ -21,7 +22,7 @@ def open_checkpoint(checkpoint: str | Path) -> LoadedClassifier:
     if not path.is_file():
         # load_classifier's own message suggests published tags, which make no sense here.
         where = "it is a folder" if path.is_dir() else "no such file"
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"Expected a tresnet-ft checkpoint file at {path}, but {where}. Fix: pass the .ckpt "
             "written by `tresnet-ft fit` (e.g. runs/<name>/checkpoints/best.ckpt).")
     return load_classifier(path, device="cpu")

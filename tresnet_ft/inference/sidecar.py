@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checkpoint import ClassifierInfo
+from ..classifier.checkpoint import ClassifierInfo
 
 SIDECAR_SUFFIX = ".json"
 

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from ..checkpoint import ClassifierInfo
+from ..classifier.checkpoint import ClassifierInfo
 from ..data.images import UnreadableImageError, read_image
 from ..data.workers import single_threaded_opencv
+from ..errors import InvalidValueError
 
 Batch = dict[str, Any]  # images: uint8 [B, 3, S, S]; paths: [B] str; unreadable: [(path, reason)]
 
@@ -107,7 +108,7 @@ class FloatInput:
 def make_batch_loader(stream: ImageBatchStream, num_workers: int, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over ``stream``'s ready-made batches with ``num_workers`` processes (0: in-process)."""
     if num_workers < 0:
-        raise ValueError(f"Expected num_workers >= 0, but got {num_workers}.")
+        raise InvalidValueError(f"Expected num_workers >= 0, but got {num_workers}.")
     num_workers = min(num_workers, stream.num_batches())
     if num_workers > 0:
         single_threaded_opencv()

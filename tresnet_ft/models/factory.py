@@ -18,6 +18,7 @@ from .weights import (
     read_checkpoint,
     to_timm_keys,
 )
+from ..errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ Pretrained = Union[None, bool, str, Path]
 def _split_name(name: str) -> tuple[str, Optional[str]]:
     arch, _, tag = name.partition(".")
     if arch not in ARCHS:
-        raise ValueError(f"Expected a model name among {sorted(ARCHS)} (optionally with a tag such as "
+        raise InvalidValueError(f"Expected a model name among {sorted(ARCHS)} (optionally with a tag such as "
                          f"'tresnet_m.miil_in21k'), but got {name!r}.")
     return arch, tag or None
 
@@ -45,7 +46,7 @@ def _resolve_source(arch: str, name_tag: Optional[str], pretrained: Pretrained) 
         return source
     if Path(source).suffix in (".safetensors", ".pth", ".pt", ".ckpt", ".bin"):
         return source  # a missing file: read_checkpoint names it
-    raise ValueError(f"Expected pretrained to be True, a tag of {arch} ({[n.split('.', 1)[1] for n in PRETRAINED if n.startswith(arch + '.')]}), "
+    raise InvalidValueError(f"Expected pretrained to be True, a tag of {arch} ({[n.split('.', 1)[1] for n in PRETRAINED if n.startswith(arch + '.')]}), "
                      f"a URL or a weights file, but got {source!r}.")
 
 
@@ -96,13 +97,13 @@ def load_pretrained(model: TResNet, source: Union[str, Path]) -> TResNet:
     body_missing = sorted(k for k in own if k not in state and not k.startswith("head."))
     unexpected = sorted(k for k in state if k not in own)
     if body_missing or unexpected:
-        raise ValueError(f"Weights from {source} do not fit {type(model).__name__} "
+        raise InvalidValueError(f"Weights from {source} do not fit {type(model).__name__} "
                          f"(norm={model.norm!r}): missing {body_missing[:8]}{' ...' if len(body_missing) > 8 else ''} "
                          f"({len(body_missing)} in all), unexpected {unexpected[:8]} ({len(unexpected)} in all). "
                          "Is it a checkpoint of another architecture?")
     shape_errors = [k for k, v in state.items() if v.shape != own[k].shape]
     if shape_errors:
-        raise ValueError(f"Weights from {source} have other shapes for {shape_errors[:8]}: "
+        raise InvalidValueError(f"Weights from {source} have other shapes for {shape_errors[:8]}: "
                          "a checkpoint of another architecture?")
     model.load_state_dict(state, strict=False)
     return model

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .norm_act import BatchNormAct2d, create_norm_act
+from ..errors import InvalidValueError
 
 
 class SpaceToDepth(nn.Module):
@@ -29,7 +30,7 @@ class SpaceToDepth(nn.Module):
         n, c, h, w = x.shape
         b = self.block
         if h % b or w % b:
-            raise ValueError(f"Expected height and width divisible by {b}, but got {h}x{w}.")
+            raise InvalidValueError(f"Expected height and width divisible by {b}, but got {h}x{w}.")
         x = x.view(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
         return x.reshape(n, c * b * b, h // b, w // b)
 
@@ -73,7 +74,7 @@ def _reflect_pad_1(x: torch.Tensor) -> torch.Tensor:
     """
     n, c, h, w = x.shape
     if h < 2 or w < 2:
-        raise ValueError(f"Reflect padding by 1 needs height and width >= 2, but got {h}x{w}.")
+        raise InvalidValueError(f"Reflect padding by 1 needs height and width >= 2, but got {h}x{w}.")
     if torch.onnx.is_in_onnx_export():
         # ONNX has a reflect Pad op; the writes below would export as a chain of ScatterNDs.
         return F.pad(x, (1, 1, 1, 1), mode="reflect")

@@ -26,6 +26,7 @@ from torch import nn
 
 from .sync_norm import (affine_coefficients, distributed_batch_norm, distributed_batch_norm_backward,
                         per_channel)
+from ..errors import InvalidValueError
 
 # Below this |weight| the affine transform cannot be inverted accurately: x_hat = (z - bias) / w.
 # Each block's last norm starts at exactly zero, so the guard is needed from the first step.
@@ -105,7 +106,7 @@ class BatchNormAct2d(nn.Module):
                  eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         if activation not in ("leaky_relu", "identity"):
-            raise ValueError(f"Expected activation 'leaky_relu' or 'identity', but got {activation!r}.")
+            raise InvalidValueError(f"Expected activation 'leaky_relu' or 'identity', but got {activation!r}.")
         self.num_features, self.activation, self.eps, self.momentum = num_features, activation, eps, momentum
         self.slope = float(slope) if activation == "leaky_relu" else 1.0
         self.weight = nn.Parameter(torch.ones(num_features))
@@ -228,7 +229,7 @@ NORM_LAYERS: dict[str, type[BatchNormAct2d]] = {
 def create_norm_act(norm: str, num_features: int, activation: str, slope: float = 0.01) -> BatchNormAct2d:
     """Build the norm layer registered as ``norm`` (``"inplace_abn"`` or ``"bn"``)."""
     if norm not in NORM_LAYERS:
-        raise ValueError(f"Expected norm to be one of {sorted(NORM_LAYERS)}, but got {norm!r}.")
+        raise InvalidValueError(f"Expected norm to be one of {sorted(NORM_LAYERS)}, but got {norm!r}.")
     return NORM_LAYERS[norm](num_features, activation=activation, slope=slope)
 
 

@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+from ..errors import InvalidValueError
 
 _REDUCE_DIMS = (0, 2, 3)
 
@@ -57,9 +58,9 @@ def _stats_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _check_feature_map(x: torch.Tensor, weight: torch.Tensor) -> None:
     if x.dim() != 4:
-        raise ValueError(f"Expected an [N, C, H, W] feature map, but got shape {tuple(x.shape)}.")
+        raise InvalidValueError(f"Expected an [N, C, H, W] feature map, but got shape {tuple(x.shape)}.")
     if weight.shape != (x.shape[1],):
-        raise ValueError(f"Expected weight of shape ({x.shape[1]},) for {x.shape[1]} channels, "
+        raise InvalidValueError(f"Expected weight of shape ({x.shape[1]},) for {x.shape[1]} channels, "
                          f"but got {tuple(weight.shape)}.")
 
 

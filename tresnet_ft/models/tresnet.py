@@ -14,6 +14,7 @@ from torch import nn
 
 from ..heads import create_head
 from .layers import ConvNormAct, ShortcutAvgPool2d, SpaceToDepth, SqueezeExcite
+from ..errors import InvalidValueError
 
 BLOCK_SLOPE = 1e-3  # leaky ReLU slope inside blocks
 STEM_SLOPE = 1e-2  # leaky ReLU slope of the stem conv
@@ -179,7 +180,7 @@ class TResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` RGB in [0, 1] -> ``[B, num_features, H/32, W/32]``."""
         if x.dim() != 4 or x.shape[-2] % 32 or x.shape[-1] % 32:
-            raise ValueError(f"Expected input [B, 3, H, W] with H and W multiples of 32, "
+            raise InvalidValueError(f"Expected input [B, 3, H, W] with H and W multiples of 32, "
                              f"but got {list(x.shape)}. Resize images to e.g. 224 or 448.")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
+from ..errors import InvalidValueError, MissingInputError, UnavailableError
 
 if TYPE_CHECKING:
-    from ..data.download import MissingInput
+    from ..fetch.download import MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,15 @@ ORIGINAL_IABN_EPS = 1e-5
 WEIGHTS_CACHE = Path(os.environ.get("TRESNET_FT_WEIGHTS", Path.home() / ".cache" / "tresnet-ft" / "weights"))
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(InvalidValueError):
     """The file holds pickled Python objects beyond tensors, which could run code when loaded."""
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UnavailableError):
     """Pretrained weights could not be fetched (offline, or no such file)."""
 
 
-class CorruptCheckpointError(ValueError):
+class CorruptCheckpointError(InvalidValueError):
     """The file is truncated or not a checkpoint at all (an interrupted copy, a disk that filled up)."""
 
 
@@ -81,7 +82,7 @@ def default_tag(arch: str) -> str:
     """The tag ``pretrained=True`` picks for ``arch``."""
     names = list_pretrained(arch)
     if not names:
-        raise ValueError(f"No pretrained weights are published for {arch!r}.")
+        raise InvalidValueError(f"No pretrained weights are published for {arch!r}.")
     return names[0].split(".", 1)[1]
 
 
@@ -110,7 +111,7 @@ def download_from_hub(name: str) -> Path:
     where = f"hub id {cfg.hub_id}, cache folder {constants.HF_HUB_CACHE}"
     missing = _missing_hub_weights(name)
     if missing is not None and missing.url is not None:  # not cached, and the network may be tried
-        from ..data.download import unreachable_urls
+        from ..fetch.download import unreachable_urls
 
         failure = unreachable_urls([missing.url]).get(missing.url)
         if failure is not None:
@@ -137,7 +138,7 @@ def download_url(url: str, cache_dir: Path | None = None) -> Path:
     download never looks like a cached file; the next call resumes it (HTTP Range) or restarts.
     """
     # Plain Python, imported late: `import tresnet_ft.models` stays light.
-    from ..data.download import download_file
+    from ..fetch.download import download_file
 
     target = url_cache_path(url, cache_dir)
     if target.exists():
@@ -153,7 +154,7 @@ def missing_weights(source: str) -> Optional[MissingInput]:
     """What keeps ``source`` (a published ``arch.tag``, a URL or a file) from loading without the
     network: a :class:`~tresnet_ft.data.download.MissingInput`, or None when it is on disk.
     Touches no network."""
-    from ..data.download import MissingInput
+    from ..fetch.download import MissingInput
 
     if source in PRETRAINED:
         return _missing_hub_weights(source)
@@ -172,7 +173,7 @@ def _missing_hub_weights(name: str) -> Optional[MissingInput]:
     import huggingface_hub
     from huggingface_hub import constants
 
-    from ..data.download import MissingInput
+    from ..fetch.download import MissingInput
 
     hub_id = PRETRAINED[name].hub_id
     if isinstance(huggingface_hub.try_to_load_from_cache(hub_id, HUB_FILE), str):
@@ -198,7 +199,7 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Weights file {path} does not exist. Check the path, or pass a "
+        raise MissingInputError(f"Weights file {path} does not exist. Check the path, or pass a "
                                 f"published tag instead (see tresnet_ft.list_pretrained()).")
     try:
         if path.suffix == ".safetensors":
@@ -230,7 +231,7 @@ def _unwrap(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
             return _unwrap(inner)
     tensors = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ValueError(f"Expected a state dict of tensors, but found keys {sorted(checkpoint)[:10]}.")
+        raise InvalidValueError(f"Expected a state dict of tensors, but found keys {sorted(checkpoint)[:10]}.")
     return tensors
 
 
@@ -238,7 +239,7 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop a wrapper prefix (``model.``, ``module.``, ...) in front of ``body.``."""
     anchor = next((k for k in state if re.search(r"(^|\.)body\.conv1\.", k)), None)
     if anchor is None:
-        raise ValueError("Expected TResNet weights (keys like 'body.conv1.conv.weight'), but none of "
+        raise InvalidValueError("Expected TResNet weights (keys like 'body.conv1.conv.weight'), but none of "
                          f"the {len(state)} keys look like it, e.g. {sorted(state)[:5]}.")
     prefix = anchor[: anchor.index("body.")]
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

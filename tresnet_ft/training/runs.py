@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from ..errors import InvalidValueError, MissingInputError
 
 CHECKPOINT_ALIASES = ("last", "best")
 _VERSION = re.compile(r"^version_(\d+)$")
@@ -48,7 +49,7 @@ def find_checkpoint(runs_dir: Path, run_name: str, alias: str) -> Path:
             looked and what to do instead).
     """
     if alias not in CHECKPOINT_ALIASES:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected a checkpoint alias in {list(CHECKPOINT_ALIASES)}, but got {alias!r}."
         )
     runs = sorted(
@@ -61,7 +62,7 @@ def find_checkpoint(runs_dir: Path, run_name: str, alias: str) -> Path:
         if candidate.is_file():
             return candidate
     where = runs_dir / run_name / "version_*" / "checkpoints" / f"{alias}.ckpt"
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"--ckpt_path {alias}: no {alias}.ckpt found at {where} (runs of recipe {run_name!r} under "
         f"{runs_dir.resolve()}). Fix: run the command from the folder the run was started in (or set "
         "TRESNET_FT_RUNS to its runs folder), use the same --recipe, pass the checkpoint file itself, "

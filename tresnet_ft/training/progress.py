@@ -34,6 +34,7 @@ from lightning.pytorch.callbacks.progress.rich_progress import (
 from lightning.pytorch.utilities.data import extract_batch_size
 from rich.console import Console
 from rich.progress import TextColumn
+from ..errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class ThroughputMeter:
 
     def __init__(self, window: int = 20, clock: Callable[[], float] = time.perf_counter) -> None:
         if window < 1:
-            raise ValueError(f"Expected window to be a positive integer, but got {window}.")
+            raise InvalidValueError(f"Expected window to be a positive integer, but got {window}.")
         self._clock = clock
         self._batches: deque[tuple[int, float]] = deque(maxlen=window)
         self._last: float | None = None
@@ -109,7 +110,7 @@ class ThroughputProgressBar(RichProgressBar):
                  theme: RichProgressBarTheme = COMPACT_THEME, **kwargs: Any) -> None:
         super().__init__(theme=theme, **kwargs)
         if metrics_every_n_steps is not None and metrics_every_n_steps < 1:
-            raise ValueError(f"Expected metrics_every_n_steps to be a positive integer or None, but got "
+            raise InvalidValueError(f"Expected metrics_every_n_steps to be a positive integer or None, but got "
                              f"{metrics_every_n_steps}.")
         self.throughput = ThroughputMeter(window)
         self.metrics_every_n_steps = metrics_every_n_steps

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import yaml
 
-from .models import WeightsUnavailableError
+from ..errors import UserError
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -34,10 +34,9 @@ log = logging.getLogger("tresnet_ft")
 
 TRAINING_COMMANDS = ("fit", "validate", "test")
 TOOL_COMMANDS = ("recipes", "predict", "export", "models", "smoke")
-# FloatingPointError: a NaN/inf loss (its message names the step and the likely causes).
-# ArgumentError: a bad training flag or config value (LightningCLI's parser raises it).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, WeightsUnavailableError,
-                                                FloatingPointError, argparse.ArgumentError)
+# Our own family (tresnet_ft.errors), and a bad training flag or config value (LightningCLI's
+# parser raises ArgumentError). Anything else is a bug: it keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, argparse.ArgumentError)
 
 
 def _pop_option(args: list[str], name: str) -> tuple[list[str], Optional[str]]:
@@ -176,14 +175,14 @@ def training_args(argv: Sequence[str]) -> tuple[list[str], str]:
     reason; an explicit precision is kept. Returns the arguments and the run name.
     """
     from .recipe import write_merged
-    from .runs import CHECKPOINT_ALIASES, find_checkpoint, run_of_checkpoint
+    from ..training.runs import CHECKPOINT_ALIASES, find_checkpoint, run_of_checkpoint
 
     command, recipe, logger_names, ckpt_path, rest = _split_training_argv(argv)
     # Lightning first: importing it sets PYTORCH_NVML_BASED_CUDA_CHECK, so asking whether CUDA is
     # there creates no CUDA state that would stop Lightning from forking DDP workers later.
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from . import loggers
+    from ..training import loggers
 
     recipe, rest, notes = _resolve_machine_settings(recipe, rest)
     if getattr(rank_zero_only, "rank", 0) == 0 and not _asks_for_info(rest):  # DDP workers re-run this: one report
@@ -260,7 +259,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if argv and argv[0] in TRAINING_COMMANDS:
             return _run_training(argv)
-        from .tools_cli import run_tool
+        from .tools import run_tool
 
         return run_tool(argv)
     except Exception as err:

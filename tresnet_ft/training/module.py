@@ -9,21 +9,21 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
-from . import losses
-from .callbacks import PlotCallback
-from .checkpoint import METADATA_KEY, ClassifierInfo
+from ..losses import create_loss
+from .plot_callback import PlotCallback
+from ..classifier.checkpoint import METADATA_KEY, ClassifierInfo
 from .ema import FusedEMAWeightAveraging, averaged_state_dict
 from .freezing import freezing_callbacks
 from .metrics import multilabel_metrics, single_label_metrics
-from .models import convert_sync_norm, create_model, refresh_invertibility
-from .models.factory import pretrained_source
+from ..models import convert_sync_norm, create_model, refresh_invertibility
+from ..models.factory import pretrained_source
 from .optim import build_optimizer, build_scheduler, param_groups
-from .thresholds import Thresholds, tune_thresholds
+from ..classifier.thresholds import Thresholds, tune_thresholds
+from ..errors import InvalidValueError, TrainingDivergedError
 
 log = logging.getLogger(__name__)
 
 TASKS = ("single_label", "multi_label")
-LOSSES = ("auto", "cross_entropy", "asl", "bce", "asl_single")
 # For values every process already holds (synchronised torchmetrics results, thresholds tuned on
 # gathered scores): "max" of equal numbers returns them exactly (a mean could be off by an ulp),
 # and Lightning no longer warns that an unsynchronised epoch value is logged.
@@ -110,12 +110,11 @@ class TResNetClassifier(pl.LightningModule):
         super().__init__()
         _check_choice("task", task, TASKS)
         if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
-            raise ValueError(f"Expected checkpoint_every_n_steps to be a positive integer or None, but got "
+            raise InvalidValueError(f"Expected checkpoint_every_n_steps to be a positive integer or None, but got "
                              f"{checkpoint_every_n_steps}.")
-        _check_choice("loss", loss, LOSSES)
         _check_image_size(image_size)
         if classes is not None and len(classes) != num_classes:
-            raise ValueError(f"Expected {num_classes} class names, but got {len(classes)}.")
+            raise InvalidValueError(f"Expected {num_classes} class names, but got {len(classes)}.")
         self.save_hyperparameters()
         self.head_args = dict(head_args or {})
         if head == "linear" and drop_rate:
@@ -126,7 +125,9 @@ class TResNetClassifier(pl.LightningModule):
             self.model.compile()
         self.task = task
         self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
-        self.loss_name = _resolve_loss(loss, task)
+        # One nn.Module from the loss registry (tresnet_ft.losses.LOSSES); it owns no weights.
+        self.criterion = create_loss(loss, task, label_smoothing=label_smoothing, asl_gamma_neg=asl_gamma_neg,
+                                     asl_gamma_pos=asl_gamma_pos, asl_clip=asl_clip)
         metrics = single_label_metrics(num_classes) if task == "single_label" else multilabel_metrics(num_classes)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -175,19 +176,7 @@ class TResNetClassifier(pl.LightningModule):
 
     def compute_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Targets: ``[B]`` class indices, ``[B, K]`` soft labels (mixup) or multi-hot tags."""
-        hp = self.hparams
-        if self.loss_name == "cross_entropy":
-            if targets.ndim == 2:  # mixup / cutmix soft targets
-                return losses.soft_target_cross_entropy(logits, targets)
-            return losses.cross_entropy(logits, targets, label_smoothing=hp.label_smoothing)
-        if self.loss_name == "asl_single":
-            return losses.asymmetric_loss_single_label(logits, targets, gamma_pos=hp.asl_gamma_pos,
-                                                       gamma_neg=hp.asl_gamma_neg,
-                                                       label_smoothing=hp.label_smoothing)
-        if self.loss_name == "asl":
-            return losses.asymmetric_loss(logits, targets.float(), gamma_neg=hp.asl_gamma_neg,
-                                          gamma_pos=hp.asl_gamma_pos, clip=hp.asl_clip, reduction="mean")
-        return losses.binary_cross_entropy(logits, targets.float())
+        return self.criterion(logits, targets)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
@@ -221,7 +210,7 @@ class TResNetClassifier(pl.LightningModule):
         _, step, epoch = self._unchecked_loss
         self._unchecked_loss = None
         if not math.isfinite(values[0]):
-            raise FloatingPointError(
+            raise TrainingDivergedError(
                 f"The training loss became {values[0]} at step {step} (epoch {epoch}). "
                 "Likely causes: a learning rate too high for this batch size, or fp16 overflow "
                 "(try --trainer.precision bf16-mixed or 32, or a lower --model.lr).")
@@ -308,7 +297,7 @@ class TResNetClassifier(pl.LightningModule):
         if datamodule is None or not hasattr(datamodule, "task"):
             return
         if datamodule.task != self.task or datamodule.num_classes != self.hparams.num_classes:
-            raise ValueError(
+            raise InvalidValueError(
                 f"The data is {datamodule.task} with {datamodule.num_classes} classes, but the model was built for "
                 f"{self.task} with {self.hparams.num_classes}. Fix: build it with "
                 "TResNetClassifier.from_datamodule(dm, ...) or pass task= and num_classes= to match.")
@@ -334,7 +323,7 @@ class TResNetClassifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None and self.trainer.state.fn == "fit" and _weights_only(checkpoint):
             path = self.trainer.ckpt_path
-            raise ValueError(f"{path} holds weights only (as best.ckpt does), not the optimizer and schedule "
+            raise InvalidValueError(f"{path} holds weights only (as best.ckpt does), not the optimizer and schedule "
                              "state that resuming needs. Fix: resume with --ckpt_path last, or start a new run "
                              f"from these weights with --model.pretrained {path}.")
         meta = checkpoint.get(METADATA_KEY) or {}
@@ -360,7 +349,7 @@ class TResNetClassifier(pl.LightningModule):
                   and _as_list(theirs[key]) != _as_list(ours[key])]
         if differ:
             path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
-            raise ValueError(
+            raise InvalidValueError(
                 f"The checkpoint {path or ''} does not fit this run ({', '.join(differ)} differ): it holds "
                 f"{_describe_setup(theirs)}, but this run has {_describe_setup(ours)}. Fix: use the data and "
                 "--model settings it was trained with, or start from its weights with --model.pretrained CKPT "
@@ -403,19 +392,10 @@ def _check_image_size(size: int) -> None:
     """TResNet halves the resolution five times; checked here so a bad size fails before training."""
     if size % 32:
         lower, upper = max(32, size // 32 * 32), size // 32 * 32 + 32
-        raise ValueError(f"Expected image_size to be a multiple of 32 (TResNet downsamples by 32), but got {size}. "
+        raise InvalidValueError(f"Expected image_size to be a multiple of 32 (TResNet downsamples by 32), but got {size}. "
                          f"Fix: --data.image_size {lower} or {upper}.")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"Expected {name} to be one of {list(choices)}, but got {value!r}.")
-
-
-def _resolve_loss(loss: str, task: str) -> str:
-    if loss == "auto":
-        return "cross_entropy" if task == "single_label" else "asl"
-    single = loss in ("cross_entropy", "asl_single")
-    if single != (task == "single_label"):
-        raise ValueError(f"Loss {loss!r} does not fit a {task} task. Fix: use loss='auto'.")
-    return loss
+        raise InvalidValueError(f"Expected {name} to be one of {list(choices)}, but got {value!r}.")

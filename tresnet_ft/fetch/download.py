@@ -25,6 +25,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .archives import extract_archive
+from ..errors import InvalidValueError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class MissingFiles:
                             self.sources[0].url if download and self.sources else None)
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(MissingInputError):
     """The dataset's files are not on disk and could not be downloaded.
 
     ``files`` says which, when known, so that a check before training can list them together
@@ -144,7 +145,7 @@ def download_file(
         actual = file_md5(part)
         if actual != md5:
             part.unlink()
-            raise ValueError(
+            raise InvalidValueError(
                 f"Checksum mismatch for {url}: expected MD5 {md5}, but got {actual}. The "
                 f"download was removed; run again to retry, or place a good copy at {dest}."
             )
@@ -239,7 +240,7 @@ def ensure_dataset_files(
         raise DatasetNotFoundError(_not_found_message(files, download, reason), files) from error
     still_missing = [name for name in required if not (folder / name).exists()]
     if still_missing:
-        raise ValueError(
+        raise InvalidValueError(
             f"{dataset}: downloaded and extracted the published files into {folder}, but expected "
             f"{still_missing} and they are not there. The published layout may have changed."
         )

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from ..errors import InvalidValueError
 
 NUM_BACKBONE_DEPTHS = 5  # stem (0) and the four stages (1-4)
 
@@ -60,7 +61,7 @@ def build_optimizer(name: str, groups: list[dict[str, Any]], momentum: float = 0
         return kind(groups, betas=betas, fused=_can_fuse(groups) or None)
     if name == "sgd":
         return torch.optim.SGD(groups, momentum=momentum, nesterov=True)
-    raise ValueError(f"Expected optimizer 'adamw', 'adam' or 'sgd', but got {name!r}.")
+    raise InvalidValueError(f"Expected optimizer 'adamw', 'adam' or 'sgd', but got {name!r}.")
 
 
 def _can_fuse(groups: list[dict[str, Any]]) -> bool:
@@ -80,7 +81,7 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: in
                     pct_start: float = 0.2, min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-step schedule: ``cosine`` (warm-up + cosine), ``onecycle`` or ``constant``."""
     if total_steps < 1:
-        raise ValueError(f"Expected at least one training step, but got total_steps={total_steps}.")
+        raise InvalidValueError(f"Expected at least one training step, but got total_steps={total_steps}.")
     if name == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps, min_lr_ratio))
@@ -90,5 +91,5 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: in
                                                    pct_start=pct_start, cycle_momentum=False)
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    raise ValueError(f"Expected scheduler 'cosine', 'onecycle' or 'constant', but got {name!r}.")
+    raise InvalidValueError(f"Expected scheduler 'cosine', 'onecycle' or 'constant', but got {name!r}.")
 

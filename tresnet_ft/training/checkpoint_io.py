@@ -21,7 +21,8 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .models.weights import read_checkpoint
+from ..models.weights import read_checkpoint
+from ..errors import InvalidValueError, MissingInputError
 
 LIGHTNING_VERSION_KEY = (
     "pytorch-lightning_version"  # in every checkpoint Lightning writes
@@ -103,14 +104,14 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 path, map_location=map_location, weights_only=True
             )
         if not Path(path).is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"Checkpoint {path} does not exist. Fix: pass a file written by `tresnet-ft fit` "
                 "(runs/<recipe>/version_<N>/checkpoints/last.ckpt or best.ckpt), or --ckpt_path last "
                 "to continue the latest run of the recipe."
             )
         checkpoint = dict(read_checkpoint(path))
         if LIGHTNING_VERSION_KEY not in checkpoint:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path} is not a training checkpoint: it has no training state (keys {sorted(checkpoint)[:6]}). "
                 f"Fix: to start from its weights, pass --model.pretrained {path} instead; --ckpt_path takes "
                 "the last.ckpt or best.ckpt that `tresnet-ft fit` writes."

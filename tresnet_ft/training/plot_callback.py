@@ -34,6 +34,7 @@ from . import plots
 from .metrics import average_precision_per_class
 from .progress import best_checkpoint_callback
 from .validation_outputs import TASKS, ValidationOutputs, WorstPredictions, describe_worst
+from ..errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class PlotCallback(Callback):
         multilabel_threshold: float = 0.5,
     ) -> None:
         if num_worst < 0:
-            raise ValueError(f"Expected num_worst to be >= 0, but got {num_worst}.")
+            raise InvalidValueError(f"Expected num_worst to be >= 0, but got {num_worst}.")
         self.num_worst = num_worst
         self.dirname = dirname
         self.train_prefix = train_prefix
@@ -324,7 +325,7 @@ def _task_of(pl_module: pl.LightningModule, targets: torch.Tensor) -> str:
     if task is None:
         return "multi_label" if targets.ndim == 2 else "single_label"
     if task not in TASKS:
-        raise ValueError(f"Expected pl_module.task to be one of {TASKS}, but got {task!r}.")
+        raise InvalidValueError(f"Expected pl_module.task to be one of {TASKS}, but got {task!r}.")
     return task
 
 
@@ -333,7 +334,7 @@ def _class_names(pl_module: pl.LightningModule, num_classes: int) -> list[str]:
     if classes is None:
         return [str(i) for i in range(num_classes)]
     if len(classes) != num_classes:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected {num_classes} class names (probs have {num_classes} columns), "
             f"but pl_module.classes has {len(classes)}."
         )

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import yaml
+from ..errors import InvalidValueError, MissingInputError
 
-RECIPE_DIR = Path(__file__).parent / "recipes"
+RECIPE_DIR = Path(__file__).parent.parent / "recipes"
 META_KEYS = ("base", "description", "reference")
 
 
@@ -44,11 +45,11 @@ def _recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise FileNotFoundError(f"Recipe file {path} does not exist.")
+            raise MissingInputError(f"Recipe file {path} does not exist.")
         return path
     shipped = RECIPE_DIR / f"{name_or_path}.yaml"
     if not shipped.is_file():
-        raise ValueError(f"Unknown recipe {name_or_path!r}. Expected one of {available_recipes()} "
+        raise InvalidValueError(f"Unknown recipe {name_or_path!r}. Expected one of {available_recipes()} "
                          "or a path to a .yaml file (see `tresnet-ft recipes`).")
     return shipped
 
@@ -68,7 +69,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     with path.open() as handle:
         data = yaml.safe_load(handle) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"Expected recipe {path} to be a YAML mapping, but got {type(data).__name__}.")
+        raise InvalidValueError(f"Expected recipe {path} to be a YAML mapping, but got {type(data).__name__}.")
     return data
 
 
@@ -76,7 +77,7 @@ def load_recipe(name_or_path: str, _seen: tuple[str, ...] = ()) -> Recipe:
     """Read a recipe and everything it extends, merged into one LightningCLI config."""
     path = _recipe_path(name_or_path)
     if str(path) in _seen:
-        raise ValueError(f"Recipe {path} extends itself through {list(_seen)}.")
+        raise InvalidValueError(f"Recipe {path} extends itself through {list(_seen)}.")
     raw = _read_yaml(path)
     config = {k: v for k, v in raw.items() if k not in META_KEYS}
     if raw.get("base"):

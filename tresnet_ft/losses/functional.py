@@ -1,4 +1,4 @@
-"""Classification losses: functional implementations and thin ``nn.Module`` wrappers.
+"""Classification losses as functions (their ``nn.Module`` forms are in :mod:`.modules`).
 
 Single-label: cross-entropy with label smoothing, soft-target cross-entropy (mixup/cutmix) and
 the single-label asymmetric loss. Multi-label: BCE-with-logits and the asymmetric loss (ASL) of
@@ -15,8 +15,8 @@ import contextlib
 from typing import Literal
 
 import torch
-from torch import nn
 from torch.nn import functional as F
+from ..errors import InvalidValueError
 
 Reduction = Literal["mean", "sum", "none"]
 _REDUCTIONS = ("mean", "sum", "none")
@@ -28,12 +28,12 @@ _TINY = torch.finfo(torch.float32).tiny
 
 def _check_reduction(reduction: str) -> None:
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"Expected reduction to be one of {_REDUCTIONS}, but got {reduction!r}.")
+        raise InvalidValueError(f"Expected reduction to be one of {_REDUCTIONS}, but got {reduction!r}.")
 
 
 def _check_logits(logits: torch.Tensor) -> None:
     if logits.ndim != 2 or not logits.is_floating_point():
-        raise ValueError(
+        raise InvalidValueError(
             "Expected logits to be a floating-point tensor of shape [N, K], "
             f"but got {logits.dtype} of shape {list(logits.shape)}."
         )
@@ -42,7 +42,7 @@ def _check_logits(logits: torch.Tensor) -> None:
 def _check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
     _check_logits(logits)
     if labels.shape != logits.shape[:1] or labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected integer labels of shape [{logits.shape[0]}] matching logits "
             f"{list(logits.shape)}, but got {labels.dtype} of shape {list(labels.shape)}."
         )
@@ -51,7 +51,7 @@ def _check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
 def _check_targets(logits: torch.Tensor, targets: torch.Tensor) -> None:
     _check_logits(logits)
     if targets.shape != logits.shape:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected targets of shape [N, K] matching logits {list(logits.shape)}, "
             f"but got {list(targets.shape)}."
         )
@@ -238,122 +238,3 @@ def asymmetric_loss_single_label(
         smoothed = one_hot * (1 - label_smoothing) + label_smoothing / num_classes
         per_sample = -(smoothed * weight * log_probs).sum(dim=-1)
         return _reduce(per_sample, reduction)
-
-
-class LabelSmoothingCrossEntropy(nn.Module):
-    """Module form of :func:`cross_entropy`: ``(logits [N, K], labels [N]) -> loss``."""
-
-    def __init__(self, label_smoothing: float = 0.0, reduction: Reduction = "mean") -> None:
-        super().__init__()
-        _check_reduction(reduction)
-        self.label_smoothing = label_smoothing
-        self.reduction = reduction
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(logits, labels, self.label_smoothing, self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
-
-
-class SoftTargetCrossEntropy(nn.Module):
-    """Module form of :func:`soft_target_cross_entropy`: ``(logits [N, K], targets [N, K])``."""
-
-    def __init__(self, reduction: Reduction = "mean") -> None:
-        super().__init__()
-        _check_reduction(reduction)
-        self.reduction = reduction
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return soft_target_cross_entropy(logits, targets, self.reduction)
-
-
-class BinaryCrossEntropy(nn.Module):
-    """Module form of :func:`binary_cross_entropy`: ``(logits [N, K], targets [N, K])``."""
-
-    def __init__(
-        self, reduction: Reduction = "mean", pos_weight: torch.Tensor | None = None
-    ) -> None:
-        super().__init__()
-        _check_reduction(reduction)
-        self.reduction = reduction
-        # A buffer follows the module across devices and into checkpoints.
-        self.register_buffer("pos_weight", pos_weight)
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return binary_cross_entropy(logits, targets, self.reduction, self.pos_weight)
-
-
-class AsymmetricLoss(nn.Module):
-    """Module form of :func:`asymmetric_loss`: ``(logits [N, K], targets [N, K]) -> loss``."""
-
-    def __init__(
-        self,
-        gamma_neg: float = 4.0,
-        gamma_pos: float = 0.0,
-        clip: float = 0.05,
-        eps: float = 1e-8,
-        focal_weight_grad: bool = False,
-        reduction: Reduction = "sum",
-    ) -> None:
-        super().__init__()
-        _check_reduction(reduction)
-        self.gamma_neg = gamma_neg
-        self.gamma_pos = gamma_pos
-        self.clip = clip
-        self.eps = eps
-        self.focal_weight_grad = focal_weight_grad
-        self.reduction = reduction
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return asymmetric_loss(
-            logits,
-            targets,
-            gamma_neg=self.gamma_neg,
-            gamma_pos=self.gamma_pos,
-            clip=self.clip,
-            eps=self.eps,
-            focal_weight_grad=self.focal_weight_grad,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, "
-            f"eps={self.eps}, focal_weight_grad={self.focal_weight_grad}, "
-            f"reduction={self.reduction!r}"
-        )
-
-
-class AsymmetricLossSingleLabel(nn.Module):
-    """Module form of :func:`asymmetric_loss_single_label`: ``(logits [N, K], labels [N])``."""
-
-    def __init__(
-        self,
-        gamma_pos: float = 0.0,
-        gamma_neg: float = 4.0,
-        label_smoothing: float = 0.1,
-        reduction: Reduction = "mean",
-    ) -> None:
-        super().__init__()
-        _check_reduction(reduction)
-        self.gamma_pos = gamma_pos
-        self.gamma_neg = gamma_neg
-        self.label_smoothing = label_smoothing
-        self.reduction = reduction
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return asymmetric_loss_single_label(
-            logits,
-            labels,
-            gamma_pos=self.gamma_pos,
-            gamma_neg=self.gamma_neg,
-            label_smoothing=self.label_smoothing,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"gamma_pos={self.gamma_pos}, gamma_neg={self.gamma_neg}, "
-            f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
-        )

@@ -9,14 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-
-class MissingPackageError(ImportError, ValueError):
-    """A package this step needs is not installed; the message holds the ``pip install`` fix.
-
-    An ``ImportError`` for code that catches failed imports, and a ``ValueError`` so the command
-    line reports it as a user mistake (one line, exit code 2) rather than a traceback: the fix is a
-    command the user runs, not a bug to report.
-    """
+from ..errors import MissingPackageError
 
 
 def import_package(module: str, needed_for: str, pip_name: str | None = None) -> ModuleType:

@@ -13,12 +13,12 @@ from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
-from .model_summary import CompactModelSummary
-from .progress import FitReport, ThroughputProgressBar
-from .checkpoint_io import SafeCheckpointIO
-from .data import ImageDataModule
-from .models.weights import read_checkpoint
-from .module import TResNetClassifier
+from ..training.model_summary import CompactModelSummary
+from ..training.progress import FitReport, ThroughputProgressBar
+from ..training.checkpoint_io import SafeCheckpointIO
+from ..data import ImageDataModule
+from ..models.weights import read_checkpoint
+from ..training.module import TResNetClassifier
 
 log = logging.getLogger("tresnet_ft")
 

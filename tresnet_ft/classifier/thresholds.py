@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from ..errors import InvalidValueError
 
 _NUM_GRID_CANDIDATES = 1000
 
@@ -41,7 +42,7 @@ class Thresholds:
     def predict(self, scores: torch.Tensor) -> torch.Tensor:
         """Boolean predictions ``[N, K]`` from scores ``[N, K]`` with the per-class thresholds."""
         if scores.ndim != 2 or scores.shape[1] != self.per_class.numel():
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected scores of shape [N, {self.per_class.numel()}], "
                 f"but got {list(scores.shape)}."
             )
@@ -95,7 +96,7 @@ def tune_thresholds(
     scores, positives = scores.detach().float(), targets.detach() > 0
     has_positives = positives.any(dim=0)
     if not has_positives.any():
-        raise ValueError("Expected at least one class with a positive target, but got none.")
+        raise InvalidValueError("Expected at least one class with a positive target, but got none.")
     counts = _SortedCounts(scores, positives)
 
     best_per_class = _best_threshold_per_class(scores, positives)
@@ -120,11 +121,11 @@ def tune_thresholds(
 
 def _check_inputs(scores: torch.Tensor, targets: torch.Tensor) -> None:
     if scores.ndim != 2 or scores.shape[0] == 0:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected scores of shape [N, K] with N > 0, but got {list(scores.shape)}."
         )
     if targets.shape != scores.shape:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected targets of shape [N, K] matching scores {list(scores.shape)}, "
             f"but got {list(targets.shape)}."
         )

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-from .data.download import MissingInput, unreachable_urls
-from .data.registry import missing_dataset
-from .models.factory import pretrained_source
-from .models.weights import missing_weights
+from ..errors import MissingInputError
+from ..fetch.download import MissingInput, unreachable_urls
+from ..data.registry import missing_dataset
+from ..models.factory import pretrained_source
+from ..models.weights import missing_weights
 
 
-class MissingInputsError(FileNotFoundError):
+class MissingInputsError(MissingInputError):
     """Files the run needs are neither on disk nor downloadable now; the message lists them all."""
 
 

@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
+from ..errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def extract_archive(
         elif zipfile.is_zipfile(archive):
             _extract_zip(archive, staging, progress)
         else:
-            raise ValueError(f"Expected a tar or zip archive, but {archive} is neither.")
+            raise InvalidValueError(f"Expected a tar or zip archive, but {archive} is neither.")
         _merge_into(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -51,9 +52,9 @@ def check_member_name(name: str, archive: Path) -> PurePosixPath:
     """Refuse absolute names and ``..`` components; return the member's relative path."""
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise ValueError(f"Refusing to extract {archive}: member {name!r} has an absolute path.")
+        raise InvalidValueError(f"Refusing to extract {archive}: member {name!r} has an absolute path.")
     if ".." in path.parts:
-        raise ValueError(f"Refusing to extract {archive}: member {name!r} climbs out with '..'.")
+        raise InvalidValueError(f"Refusing to extract {archive}: member {name!r} climbs out with '..'.")
     return path
 
 
@@ -62,7 +63,7 @@ def _check_link_target(member: tarfile.TarInfo, archive: Path) -> None:
     base = PurePosixPath(member.name).parent if member.issym() else PurePosixPath()
     target = member.linkname.replace("\\", "/")
     if target.startswith("/") or not _stays_inside(base / target):
-        raise ValueError(
+        raise InvalidValueError(
             f"Refusing to extract {archive}: link {member.name!r} points outside the folder "
             f"({member.linkname!r})."
         )
@@ -85,7 +86,7 @@ def _extract_tar(archive: Path, staging: Path, progress: bool) -> None:
             if member.issym() or member.islnk():
                 _check_link_target(member, archive)
             elif not (member.isfile() or member.isdir()):
-                raise ValueError(
+                raise InvalidValueError(
                     f"Refusing to extract {archive}: member {member.name!r} is a device or fifo."
                 )
         for member in tqdm(
@@ -100,7 +101,7 @@ def _extract_zip(archive: Path, staging: Path, progress: bool) -> None:
         for info in infos:
             check_member_name(info.filename, archive)
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise ValueError(
+                raise InvalidValueError(
                     f"Refusing to extract {archive}: member {info.filename!r} is a link."
                 )
         for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", disable=not progress):

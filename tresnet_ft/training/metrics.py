@@ -39,7 +39,8 @@ from torchmetrics.classification import (
 )
 from torchmetrics.utilities.data import dim_zero_cat
 
-from .thresholds import Thresholds, tune_thresholds
+from ..classifier.thresholds import Thresholds, tune_thresholds
+from ..errors import InvalidValueError
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +57,11 @@ def _check_multilabel(
 ) -> None:
     expected_k = "K" if num_classes is None else str(num_classes)
     if scores.ndim != 2 or (num_classes is not None and scores.shape[1] != num_classes):
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected scores of shape [N, {expected_k}], but got {list(scores.shape)}."
         )
     if targets.shape != scores.shape:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected targets of shape [N, {expected_k}] matching scores {list(scores.shape)}, "
             f"but got {list(targets.shape)}."
         )
@@ -164,11 +165,11 @@ class MultilabelMeanAveragePrecision(Metric):
     ) -> None:
         super().__init__(**kwargs)
         if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected num_classes to be a positive integer, but got {num_classes!r}."
             )
         if average not in ("macro", "none"):
-            raise ValueError(f"Expected average to be 'macro' or 'none', but got {average!r}.")
+            raise InvalidValueError(f"Expected average to be 'macro' or 'none', but got {average!r}.")
         self.num_classes = num_classes
         self.average = average
         self.classes_without_positives: list[int] = []
@@ -196,7 +197,7 @@ def single_label_metrics(num_classes: int) -> MetricCollection:
     Update with ``(scores [N, K], labels [N])``; scores may be logits or probabilities.
     """
     if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected num_classes to be an integer of at least 2, but got {num_classes!r}."
         )
     metrics: dict[str, Metric] = {
@@ -216,9 +217,9 @@ def multilabel_metrics(num_classes: int, threshold: float = 0.5) -> MetricCollec
     Update with ``(probabilities [N, K], targets [N, K])``.
     """
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"Expected num_classes to be a positive integer, but got {num_classes!r}.")
+        raise InvalidValueError(f"Expected num_classes to be a positive integer, but got {num_classes!r}.")
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"Expected threshold to be a probability in [0, 1], but got {threshold}.")
+        raise InvalidValueError(f"Expected threshold to be a probability in [0, 1], but got {threshold}.")
     threshold = float(threshold)
     metrics: dict[str, Metric] = {
         "mAP": MultilabelMeanAveragePrecision(num_classes, average="macro"),

@@ -16,6 +16,7 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from ..errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def logger_config(names: list[str], run_name: str, runs_dir: Path | None = None,
     """
     unknown = sorted(set(names) - set(KNOWN_LOGGERS))
     if unknown:
-        raise ValueError(f"Unknown logger(s) {unknown}: expected some of {list(KNOWN_LOGGERS)}, "
+        raise InvalidValueError(f"Unknown logger(s) {unknown}: expected some of {list(KNOWN_LOGGERS)}, "
                          "e.g. --logger csv,tensorboard,wandb.")
     runs_dir = RUNS_DIR if runs_dir is None else runs_dir
     version = next_version(run_name, runs_dir) if version is None else version

@@ -31,6 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from .metrics import average_precision_per_class
+from ..errors import InvalidValueError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
     """Write ``fig`` as a PNG at ``path`` (parent folders are created) and return the path."""
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"Expected a path ending in .png, but got {str(path)!r}.")
+        raise InvalidValueError(f"Expected a path ending in .png, but got {str(path)!r}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # attaches the Agg canvas, whatever backend pyplot uses
     fig.savefig(path, dpi=dpi, format="png")
@@ -103,7 +104,7 @@ def plot_training_curves(
         A figure with one axes per non-empty panel, plus the second axis of "Loss".
     """
     if len(history) == 0:
-        raise ValueError("Expected a non-empty history (one dict per epoch), but got none.")
+        raise InvalidValueError("Expected a non-empty history (one dict per epoch), but got none.")
     x_label, x = _curves_x_axis(history, with_steps=bool(steps))
     per_epoch = _group_history_keys(history, max_metrics)
     per_step = _group_step_keys(steps)
@@ -112,7 +113,7 @@ def plot_training_curves(
     titles = [t for t in ("Loss", "Metrics", "Learning rate") if per_epoch[t] or per_step.get(t)]
     if not titles:
         keys = sorted({key for entry in history for key in entry})
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected history entries with a metric besides epoch/step, but got keys {keys}."
         )
     twin = monitor if "Loss" in titles and monitor in per_epoch["Metrics"] else None
@@ -332,14 +333,14 @@ def _plot_top_confusions(
 
 def _check_confusion(confusion: torch.Tensor) -> None:
     if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected a square confusion matrix [K, K], but got {list(confusion.shape)}."
         )
 
 
 def _check_class_names(classes: Sequence[str], k: int, what: str) -> None:
     if len(classes) != k:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected {k} class names to match the {what} tensor, but got {len(classes)}."
         )
 
@@ -361,7 +362,7 @@ def plot_per_class_ap(ap: torch.Tensor, classes: Sequence[str], max_classes: int
         max_classes: the most bars drawn.
     """
     if ap.ndim != 1:
-        raise ValueError(f"Expected per-class AP of shape [K], but got {list(ap.shape)}.")
+        raise InvalidValueError(f"Expected per-class AP of shape [K], but got {list(ap.shape)}.")
     _check_class_names(classes, ap.shape[0], "AP")
     values = ap.detach().cpu().double()
     valid = torch.nonzero(~values.isnan()).flatten()
@@ -420,14 +421,14 @@ def precision_recall_points(
         non-decreasing and ending at 1.
     """
     if scores.ndim != 1 or targets.shape != scores.shape:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected scores [N] and targets [N], but got {list(scores.shape)} and "
             f"{list(targets.shape)}."
         )
     descending, order = scores.detach().double().sort(descending=True)
     hits = (targets.detach() > 0)[order].double()
     if hits.sum() == 0:
-        raise ValueError("Expected at least one positive target, but got none.")
+        raise InvalidValueError("Expected at least one positive target, but got none.")
     true_positives = hits.cumsum(0)
     # A threshold cannot separate tied scores, so only the last member of a tie is a point.
     is_tie_end = torch.ones_like(descending, dtype=torch.bool)
@@ -453,7 +454,7 @@ def plot_precision_recall(
         max_curves: the most per-class curves drawn.
     """
     if scores.ndim != 2 or targets.shape != scores.shape:
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected scores [N, K] and targets of the same shape, but got "
             f"{list(scores.shape)} and {list(targets.shape)}."
         )
@@ -521,7 +522,7 @@ def plot_worst_predictions(
     m = _check_image_grid(images, true_labels, predicted, confidences, ncols)
     correct = [t == p for t, p in zip(true_labels, predicted)] if correct is None else list(correct)
     if len(correct) != m:
-        raise ValueError(f"Expected {m} correct flags, one per image, but got {len(correct)}.")
+        raise InvalidValueError(f"Expected {m} correct flags, one per image, but got {len(correct)}.")
     captions = [f"{true_labels[i]} / {predicted[i]} ({float(confidences[i]):.2f})" for i in range(m)]
     colors = [_CORRECT_COLOR if right else _WRONG_COLOR for right in correct]
     return _image_grid(images, captions, colors, ncols,
@@ -553,7 +554,7 @@ def plot_image_grid(
     """
     m = _check_images(images, ncols)
     if captions is not None and len(captions) != m:
-        raise ValueError(f"Expected {m} captions for {m} images, but got {len(captions)}.")
+        raise InvalidValueError(f"Expected {m} captions for {m} images, but got {len(captions)}.")
     return _image_grid(images, list(captions) if captions is not None else [""] * m, ["black"] * m,
                        ncols, title)
 
@@ -582,17 +583,17 @@ def _check_image_grid(images, true_labels, predicted, confidences, ncols: int) -
     lengths = {"true_labels": len(true_labels), "predicted": len(predicted),
                "confidences": len(confidences)}
     if any(length != m for length in lengths.values()):
-        raise ValueError(f"Expected {m} captions for {m} images, but got {lengths}.")
+        raise InvalidValueError(f"Expected {m} captions for {m} images, but got {lengths}.")
     return m
 
 
 def _check_images(images: torch.Tensor, ncols: int) -> int:
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"Expected images of shape [M, 3, H, W], but got {list(images.shape)}.")
+        raise InvalidValueError(f"Expected images of shape [M, 3, H, W], but got {list(images.shape)}.")
     if images.shape[0] == 0:
-        raise ValueError("Expected at least one image, but got an empty batch.")
+        raise InvalidValueError("Expected at least one image, but got an empty batch.")
     if ncols < 1:
-        raise ValueError(f"Expected ncols to be a positive integer, but got {ncols}.")
+        raise InvalidValueError(f"Expected ncols to be a positive integer, but got {ncols}.")
     return images.shape[0]
 
 

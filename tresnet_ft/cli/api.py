@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from .cli import check_training_inputs, training_args
+from .command import check_training_inputs, training_args
 
 
 def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:

@@ -35,12 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import ClassifierInfo
-from .inference.exportable import INPUT_DTYPES, exportable_model, sample_batch
-from .inference.loading import open_checkpoint
-from .inference.packages import import_package
-from .inference.sidecar import sidecar_metadata, write_sidecar
-from .models.fuse import fuse_for_inference
+from ..classifier.checkpoint import ClassifierInfo
+from .exportable import INPUT_DTYPES, exportable_model, sample_batch
+from .loading import open_checkpoint
+from ..fetch.packages import import_package
+from .sidecar import sidecar_metadata, write_sidecar
+from ..models.fuse import fuse_for_inference
+from ..errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +149,14 @@ def export_model(checkpoint: str | Path, format: str, output: Path, opset: int =
 
 def _check_options(format: str, batch_size_check: int, output: Path, input_dtype: str) -> None:
     if format not in FORMATS:
-        raise ValueError(f"Expected format to be one of {list(FORMATS)}, but got {format!r}. "
+        raise InvalidValueError(f"Expected format to be one of {list(FORMATS)}, but got {format!r}. "
                          "Fix: --format onnx or --format torchscript.")
     if input_dtype not in INPUT_DTYPES:
-        raise ValueError(f"Expected input_dtype to be one of {list(INPUT_DTYPES)}, but got {input_dtype!r}.")
+        raise InvalidValueError(f"Expected input_dtype to be one of {list(INPUT_DTYPES)}, but got {input_dtype!r}.")
     if isinstance(batch_size_check, bool) or not isinstance(batch_size_check, int) or batch_size_check < 1:
-        raise ValueError(f"Expected batch_size_check to be an integer of at least 1, but got {batch_size_check!r}.")
+        raise InvalidValueError(f"Expected batch_size_check to be an integer of at least 1, but got {batch_size_check!r}.")
     if Path(output).is_dir():
-        raise ValueError(f"Expected output to be a file path, but {output} is a folder. "
+        raise InvalidValueError(f"Expected output to be a file path, but {output} is a folder. "
                          f"Fix: e.g. -o {Path(output) / ('model.onnx' if format == 'onnx' else 'model.pt')}.")
 
 

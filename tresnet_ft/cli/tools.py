@@ -13,6 +13,7 @@ from typing import Sequence, TextIO
 import torch
 from rich.console import Console
 from rich.table import Table
+from ..errors import InvalidValueError
 
 log = logging.getLogger("tresnet_ft")
 
@@ -65,7 +66,7 @@ def _cmd_recipes(_: argparse.Namespace) -> int:
 
 
 def _cmd_models(_: argparse.Namespace) -> int:
-    from .models import PRETRAINED
+    from ..models import PRETRAINED
 
     rows = [(name, cfg.hub_id, str(cfg.input_size), str(cfg.num_classes), f"{cfg.top1:.1f}" if cfg.top1 else "-")
             for name, cfg in PRETRAINED.items()]
@@ -80,10 +81,10 @@ SMOKE_FUSE_TOLERANCE = 1e-3  # fused and unfused logits agree to ~1e-7 in float3
 def _cmd_smoke(args: argparse.Namespace) -> int:
     """A few optimisation steps on random images, then fused-vs-unfused agreement; ends with one
     ``PASS: ...`` line (exit 0) or ``FAIL: ...`` line saying what broke and what to do (exit 1)."""
-    from .cli import USER_ERRORS
+    from .command import USER_ERRORS
 
     if args.steps < 1 or args.batch < 1:
-        raise ValueError(f"Expected --steps and --batch to be at least 1, but got {args.steps} and {args.batch}.")
+        raise InvalidValueError(f"Expected --steps and --batch to be at least 1, but got {args.steps} and {args.batch}.")
     started = time.perf_counter()
     try:
         losses, images_per_second, gap = _smoke_train_and_fuse(args)
@@ -112,7 +113,7 @@ _SMOKE_HELP = (f"This is a broken install or a bug, not a setting: run TRESNET_F
 def _smoke_train_and_fuse(args: argparse.Namespace) -> tuple[list[float], float, float]:
     """Train ``args.steps`` SGD steps on one random batch; returns the losses, the images per
     second, and the max |logit difference| between the fused and the unfused model."""
-    from .models import create_model, fuse_for_inference
+    from ..models import create_model, fuse_for_inference
 
     torch.manual_seed(0)
     model = create_model(args.arch, num_classes=4).train()
@@ -148,7 +149,7 @@ def _smoke_problem(losses: list[float], gap: float) -> str | None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_to_file
+    from ..inference.predict import predict_to_file
 
     # predict_to_file logs what it wrote and which files it skipped
     predict_to_file(args.checkpoint, args.paths, Path(args.output), top_k=args.top_k,
@@ -157,14 +158,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_model
+    from ..inference.export import export_model
 
     export_model(args.checkpoint, args.format, Path(args.output))  # logs what it wrote and the check
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models import ARCHS
+    from ..models import ARCHS
 
     parser = argparse.ArgumentParser(
         prog="tresnet-ft", description="Fine-tune pretrained TResNet classifiers.",

@@ -22,18 +22,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import LoadedClassifier
-from .data.unreadable import describe_paths
-from .inference.inputs import list_image_paths
-from .data.workers import default_num_workers
-from .inference.loading import load_fused_classifier
-from .inference.rows import OUTPUT_SUFFIXES, PredictionWriter, thresholded_rows, top_k_rows
-from .inference.stream import (
+from ..classifier.checkpoint import LoadedClassifier
+from ..data.unreadable import describe_paths
+from .inputs import list_image_paths
+from ..data.workers import default_num_workers
+from .loading import load_fused_classifier
+from .rows import OUTPUT_SUFFIXES, PredictionWriter, thresholded_rows, top_k_rows
+from .stream import (
     FloatInput,
     ImageBatchStream,
     decode_size,
     make_batch_loader,
 )
+from ..errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -147,20 +148,20 @@ def _run(classifier: LoadedClassifier, paths: list[str], summary: PredictSummary
 
 def _check_options(output: Path, top_k: int, threshold: float | None, batch_size: int) -> None:
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ValueError(f"Expected the output file to end in {' or '.join(OUTPUT_SUFFIXES)}, but got "
+        raise InvalidValueError(f"Expected the output file to end in {' or '.join(OUTPUT_SUFFIXES)}, but got "
                          f"{output}. Fix: e.g. -o predictions.csv or -o predictions.jsonl.")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"Expected top_k to be an integer of at least 1, but got {top_k!r}.")
+        raise InvalidValueError(f"Expected top_k to be an integer of at least 1, but got {top_k!r}.")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"Expected threshold to be a probability in [0, 1] (it is compared with sigmoid "
+        raise InvalidValueError(f"Expected threshold to be a probability in [0, 1] (it is compared with sigmoid "
                          f"scores), but got {threshold}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Expected batch_size to be an integer of at least 1, but got {batch_size!r}.")
+        raise InvalidValueError(f"Expected batch_size to be an integer of at least 1, but got {batch_size!r}.")
 
 
 def _check_threshold_fits_task(threshold: float | None, task: str, checkpoint: str | Path) -> None:
     if threshold is not None and task != "multi_label":
-        raise ValueError(f"A threshold applies to multi-label checkpoints, but {checkpoint} is {task}: "
+        raise InvalidValueError(f"A threshold applies to multi-label checkpoints, but {checkpoint} is {task}: "
                          "its rows are the top-k classes. Fix: drop --threshold, or use --top-k.")
 
 

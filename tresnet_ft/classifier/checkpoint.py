@@ -16,8 +16,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from .models import create_model
-from .models.weights import read_checkpoint
+from ..models import create_model
+from ..models.weights import read_checkpoint
+from ..errors import InvalidValueError
 
 METADATA_KEY = "tresnet_ft"
 FORMAT_VERSION = 1
@@ -67,12 +68,12 @@ class ClassifierInfo:
     @classmethod
     def from_dict(cls, meta: dict[str, Any]) -> "ClassifierInfo":
         if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-            raise ValueError(f"This checkpoint was written by a newer tresnet-ft (format {meta['format_version']}, "
+            raise InvalidValueError(f"This checkpoint was written by a newer tresnet-ft (format {meta['format_version']}, "
                              f"this version reads {FORMAT_VERSION}). Fix: upgrade tresnet-ft.")
         values = {k: v for k, v in meta.items() if k != "format_version"}
         known = {f.name for f in fields(cls)}
         if set(values) - known or {"arch", "classes", "task", "image_size"} - set(values):
-            raise ValueError(f"Unexpected tresnet-ft checkpoint metadata: unknown keys {sorted(set(values) - known)}, "
+            raise InvalidValueError(f"Unexpected tresnet-ft checkpoint metadata: unknown keys {sorted(set(values) - known)}, "
                              f"missing {sorted({'arch', 'classes', 'task', 'image_size'} - set(values))}.")
         values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
         return cls(**values)
@@ -83,7 +84,7 @@ class ClassifierInfo:
         ``output="float"``: normalised ``float32``; ``"uint8"``: the same resize without scaling
         (convert batches on the device with ``images_to_float(x, info.mean, info.std)``).
         """
-        from .data.transforms import TransformConfig, build_transforms
+        from ..data.transforms import TransformConfig, build_transforms
 
         config = TransformConfig(image_size=self.image_size, eval_crop=self.eval_crop,  # type: ignore[arg-type]
                                  eval_crop_fraction=self.eval_crop_fraction, mean=self.mean, std=self.std)
@@ -117,7 +118,7 @@ def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "
     checkpoint = read_checkpoint(path)
     meta = checkpoint.get(METADATA_KEY)
     if not isinstance(meta, dict):
-        raise ValueError(f"{path} is not a tresnet-ft classifier checkpoint: it has no {METADATA_KEY!r} entry "
+        raise InvalidValueError(f"{path} is not a tresnet-ft classifier checkpoint: it has no {METADATA_KEY!r} entry "
                          f"(top-level keys: {sorted(checkpoint)[:8]}). Fix: pass a checkpoint written by "
                          "`tresnet-ft fit` (e.g. runs/<name>/checkpoints/best.ckpt).")
     info = ClassifierInfo.from_dict(meta)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from ..errors import InvalidValueError
 
 Task = Literal["single_label", "multi_label"]
 TASKS = ("single_label", "multi_label")
@@ -74,9 +75,9 @@ class ValidationOutputs:
 
     def __init__(self, task: Task, num_worst: int = 16) -> None:
         if task not in TASKS:
-            raise ValueError(f"Expected task to be one of {TASKS}, but got {task!r}.")
+            raise InvalidValueError(f"Expected task to be one of {TASKS}, but got {task!r}.")
         if num_worst < 0:
-            raise ValueError(f"Expected num_worst to be >= 0, but got {num_worst}.")
+            raise InvalidValueError(f"Expected num_worst to be >= 0, but got {num_worst}.")
         self.task = task
         self.num_worst = num_worst
         self.num_classes: int | None = None
@@ -141,19 +142,19 @@ class ValidationOutputs:
     ) -> None:
         k = "K" if self.num_classes is None else str(self.num_classes)
         if probs.ndim != 2 or (self.num_classes is not None and probs.shape[1] != self.num_classes):
-            raise ValueError(f"Expected probs of shape [B, {k}], but got {list(probs.shape)}.")
+            raise InvalidValueError(f"Expected probs of shape [B, {k}], but got {list(probs.shape)}.")
         expected = probs.shape[:1] if self.task == "single_label" else probs.shape
         if targets.shape != expected:
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected {self.task} targets of shape {list(expected)} for probs "
                 f"{list(probs.shape)}, but got {list(targets.shape)}."
             )
         if self.task == "single_label" and (targets.is_floating_point() or targets.is_complex()):
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected integer class labels for single_label targets, but got {targets.dtype}."
             )
         if images is not None and (images.ndim != 4 or images.shape[:2] != (len(probs), 3)):
-            raise ValueError(
+            raise InvalidValueError(
                 f"Expected images of shape [{len(probs)}, 3, H, W], but got {list(images.shape)}."
             )
         self.num_classes = probs.shape[1]
@@ -177,7 +178,7 @@ class ValidationOutputs:
         )
         if self._worst is not None:
             if self._worst.images.shape[1:] != batch.images.shape[1:]:
-                raise ValueError(
+                raise InvalidValueError(
                     f"Expected images of one size [3, H, W] across batches, but got "
                     f"{list(self._worst.images.shape[1:])} then {list(batch.images.shape[1:])}."
                 )
@@ -188,11 +189,11 @@ class ValidationOutputs:
 
     def _require(self, task: Task, method: str) -> None:
         if self.task != task:
-            raise ValueError(f"{method}() needs {task} outputs, but these are {self.task}.")
+            raise InvalidValueError(f"{method}() needs {task} outputs, but these are {self.task}.")
 
     def _require_classes(self) -> int:
         if self.num_classes is None:
-            raise ValueError("Expected at least one batch of outputs, but got none.")
+            raise InvalidValueError("Expected at least one batch of outputs, but got none.")
         return self.num_classes
 
 
@@ -221,7 +222,7 @@ def describe_worst(
         ``(true_labels, predicted, confidences, correct)``, one entry per image.
     """
     if worst.probs.shape[1] != len(classes):
-        raise ValueError(
+        raise InvalidValueError(
             f"Expected {worst.probs.shape[1]} class names, but got {len(classes)}."
         )
     if worst.targets.ndim == 1:

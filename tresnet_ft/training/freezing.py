@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from .lightning_private import search_unused_parameters
+from ..errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class BackboneFreeze(Callback):
 
     def __init__(self, freeze_epochs: int = 0, freeze_norm_stats: bool = True) -> None:
         if freeze_epochs < 0:
-            raise ValueError(f"Expected freeze_epochs >= 0, but got {freeze_epochs}.")
+            raise InvalidValueError(f"Expected freeze_epochs >= 0, but got {freeze_epochs}.")
         self.freeze_epochs = freeze_epochs
         self.freeze_norm_stats = freeze_norm_stats
         self._frozen: Optional[bool] = None
