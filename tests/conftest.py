@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def reference_tresnet_fill(manifest) -> dict[str, torch.Tensor]:
-    """Rebuild the parity fixture's weights from its manifest (rule table in fixtures/README)."""
+    """Rebuild the parity fixture's weights from its manifest (rule table in tests/fixtures/README.md)."""
     state = {}
     for key, shape, dtype in manifest:
         if "int" in dtype:

@@ -104,12 +104,6 @@ def test_cifar_download_verify_extract_over_loopback_http(tmp_path):
         assert len(server.requests) == 1
     test = cifar.load_cifar(spec, root, "test")
     assert np.array_equal(test.targets, batches["test_batch"]["labels"])
-    # The real published checksums are what verify_cifar compares against: ours differ.
-    assert cifar.verify_cifar(spec, root) == [
-        *spec.train_files,
-        *spec.test_files,
-        spec.meta_file[0],
-    ]
 
 
 def test_cifar_describe_needs_no_files(tmp_path):

@@ -21,7 +21,7 @@ SMALL = dict(embed_dim=32, num_heads=4, ffn_dim=64)
 
 
 def fixture_fill(key: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """The fixtures README's weights for the "heads" rows, rebuilt from the key name."""
+    """The weights of tests/fixtures/README.md for the "heads" rows, rebuilt from the key name."""
     z = np.random.RandomState(zlib.crc32(key.encode("utf-8"))).standard_normal(shape)
     z = z.astype(np.float32)
     if key.endswith(".bias") or key.endswith("_bias"):

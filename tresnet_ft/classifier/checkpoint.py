@@ -120,7 +120,7 @@ def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "
     if not isinstance(meta, dict):
         raise InvalidValueError(f"{path} is not a tresnet-ft classifier checkpoint: it has no {METADATA_KEY!r} entry "
                          f"(top-level keys: {sorted(checkpoint)[:8]}). Fix: pass a checkpoint written by "
-                         "`tresnet-ft fit` (e.g. runs/<name>/checkpoints/best.ckpt).")
+                         "`tresnet-ft fit` (e.g. runs/<recipe>/version_<N>/checkpoints/best.ckpt).")
     info = ClassifierInfo.from_dict(meta)
     model = create_model(info.arch, num_classes=info.num_classes, head=info.head, head_args=info.head_args,
                          norm=info.norm)

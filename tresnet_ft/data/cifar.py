@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import DatasetInfo, InMemoryImageDataset, check_split
-from ..fetch.download import RemoteFile, ensure_dataset_files, file_md5
+from ..fetch.download import RemoteFile, ensure_dataset_files
 from .splits import holdout_mask
 from ..errors import InvalidValueError
 
@@ -204,12 +204,6 @@ def prepare_cifar(spec: CifarSpec, root: Path, download: bool, progress: bool = 
 def describe_cifar(spec: CifarSpec, root: Path | None = None) -> DatasetInfo:
     """Task and class names without touching the disk."""
     return DatasetInfo("single_label", spec.classes)
-
-
-def verify_cifar(spec: CifarSpec, root: Path) -> list[str]:
-    """Names of pickles whose MD5 differs from the published one (empty when all are intact)."""
-    expected = {**spec.train_files, **spec.test_files, spec.meta_file[0]: spec.meta_file[1]}
-    return [name for name, md5 in expected.items() if file_md5(root / spec.folder / name) != md5]
 
 
 def load_cifar(

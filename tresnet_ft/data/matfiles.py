@@ -5,17 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..fetch.packages import import_package
+
 
 def load_mat(path: Path) -> dict[str, Any]:
     """Load a ``.mat`` file with singleton dimensions squeezed away.
 
     Raises:
-        ModuleNotFoundError: SciPy is not installed (the message says how to install it).
+        MissingPackageError: SciPy is not installed (the message gives the ``pip install``).
     """
-    try:
-        from scipy.io import loadmat
-    except ModuleNotFoundError as error:
-        raise ModuleNotFoundError(
-            f"Reading {path.name} needs SciPy, which is not installed. Fix: pip install scipy"
-        ) from error
-    return loadmat(str(path), squeeze_me=True)
+    scipy_io = import_package("scipy.io", f"Reading {path.name}", pip_name="scipy")
+    return scipy_io.loadmat(str(path), squeeze_me=True)
