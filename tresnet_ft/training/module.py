@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
-from ..losses import create_loss
+from ..losses import create_loss, resolve_loss
 from .plot_callback import PlotCallback
 from ..classifier.checkpoint import METADATA_KEY, ClassifierInfo
 from .ema import FusedEMAWeightAveraging, averaged_state_dict
@@ -126,7 +126,8 @@ class TResNetClassifier(pl.LightningModule):
         self.task = task
         self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
         # One nn.Module from the loss registry (tresnet_ft.losses.LOSSES); it owns no weights.
-        self.criterion = create_loss(loss, task, label_smoothing=label_smoothing, asl_gamma_neg=asl_gamma_neg,
+        self.loss_name = resolve_loss(loss, task)
+        self.criterion = create_loss(self.loss_name, task, label_smoothing=label_smoothing, asl_gamma_neg=asl_gamma_neg,
                                      asl_gamma_pos=asl_gamma_pos, asl_clip=asl_clip)
         metrics = single_label_metrics(num_classes) if task == "single_label" else multilabel_metrics(num_classes)
         self.val_metrics = metrics.clone(prefix="val/")
