@@ -50,9 +50,9 @@ def command_env(cwd: Path, **env: str) -> dict[str, str]:
 def run_command(
     args: list[str], cwd: Path, timeout: float = 600, **env: str
 ) -> subprocess.CompletedProcess:
-    """``python -m tresnet_ft.cli.command ARGS`` in ``cwd``, waited for, output captured."""
+    """``python -m tresnet_ft.cli ARGS`` in ``cwd``, waited for, output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "tresnet_ft.cli.command", *args],
+        [sys.executable, "-m", "tresnet_ft.cli", *args],
         check=False,
         cwd=cwd,
         capture_output=True,
@@ -65,7 +65,7 @@ def run_command(
 def start_command(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
     """Like :func:`run_command`, without waiting (``communicate()`` gives stdout and stderr)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "tresnet_ft.cli.command", *args],
+        [sys.executable, "-m", "tresnet_ft.cli", *args],
         cwd=cwd,
         env=command_env(cwd, **env),
         stdout=subprocess.PIPE,

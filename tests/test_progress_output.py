@@ -188,9 +188,9 @@ def test_ctrl_c_prints_the_command_that_resumes(tmp_path, monkeypatch, caplog, r
 
 def test_resume_command_rebuilds_how_the_program_was_started(tmp_path, monkeypatch):
     # python -m: argv[0] is the module's file; the interpreter's own arguments say how it ran.
-    argv = ["/src/tresnet_ft/cli.py", "fit", "--recipe", "cifar10", "--ckpt_path=runs/x.ckpt"]
-    assert resume_command(argv, ["python3", "-X", "dev", "-m", "tresnet_ft.cli.command", *argv[1:]]) == \
-        "python3 -X dev -m tresnet_ft.cli.command fit --recipe cifar10 --ckpt_path last"
+    argv = ["/src/tresnet_ft/cli/__main__.py", "fit", "--recipe", "cifar10", "--ckpt_path=runs/x.ckpt"]
+    assert resume_command(argv, ["python3", "-X", "dev", "-m", "tresnet_ft.cli", *argv[1:]]) == \
+        "python3 -X dev -m tresnet_ft.cli fit --recipe cifar10 --ckpt_path last"
     # A console script found on PATH is shown by its name; arguments are quoted for the shell.
     script = tmp_path / "bin" / "tresnet-ft"
     script.parent.mkdir()

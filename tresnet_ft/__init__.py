@@ -16,7 +16,8 @@ from .models import (ARCHS, PRETRAINED, TResNet, UnsafeCheckpointError, WeightsU
 __version__ = "0.1.0"
 
 _LAZY = {"ImageDataModule": ".data", "TResNetClassifier": ".training.module", "fit": ".cli.api",
-         "load_classifier": ".classifier.checkpoint"}
+         "load_classifier": ".classifier.checkpoint", "predict_to_file": ".inference.predict",
+         "export_model": ".inference.export"}
 
 
 def __getattr__(name: str) -> Any:
@@ -28,5 +29,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["ARCHS", "PRETRAINED", "ImageDataModule", "TResNet", "TResNetClassifier", "UnsafeCheckpointError",
-           "WeightsUnavailableError", "convert_sync_norm", "create_model", "fit", "fuse_for_inference",
-           "list_pretrained", "load_classifier"]
+           "WeightsUnavailableError", "convert_sync_norm", "create_model", "export_model", "fit",
+           "fuse_for_inference", "list_pretrained", "load_classifier", "predict_to_file"]
