@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Optional
 
 from .command import check_training_inputs, training_args
@@ -18,7 +19,8 @@ def override_args(overrides: dict[str, Any]) -> list[str]:
     args = []
     for key, value in overrides.items():
         for dotted, leaf in _flatten(key, value):
-            text = leaf if isinstance(leaf, str) else json.dumps(leaf)
+            # A pathlib.Path (e.g. trainer={"default_root_dir": tmp_path}) is a path, not JSON.
+            text = os.fspath(leaf) if isinstance(leaf, (str, os.PathLike)) else json.dumps(leaf)
             args.append(f"--{dotted}={text}")
     return args
 
@@ -31,6 +33,8 @@ def fit(recipe: str = "quickstart", logger: Optional[str] = None, **overrides: A
         logger: ``"csv,tensorboard"`` (default), add ``wandb`` for Weights & Biases.
         **overrides: config sections or dotted keys, e.g. ``trainer={"max_epochs": 3}``,
             ``data={"root": "photos/"}``, or ``**{"model.lr": 3e-4}``.
+            ``trainer={"default_root_dir": DIR}`` puts the run in ``DIR/<recipe>/version_<N>/``
+            (default ``runs``), and ``ckpt_path="last"`` resumes the newest run there.
 
     Returns:
         ``(module, best_checkpoint_path)``: the trained :class:`TResNetClassifier` (its weights

@@ -28,6 +28,7 @@ import yaml
 from ..errors import UserError
 
 if TYPE_CHECKING:
+    from ..training.runs import RunFolder
     from .recipe import Recipe
 
 log = logging.getLogger("tresnet_ft")
@@ -164,18 +165,51 @@ def check_training_inputs(argv: Sequence[str]) -> None:
         check_inputs(deep_merge(recipe.config, _user_overrides(rest)), weights=ckpt_path is None)
 
 
+def _runs_root(recipe: Recipe, rest: Sequence[str]) -> Path:
+    """Where this command's run folders go and ``--ckpt_path last|best`` looks:
+    ``trainer.default_root_dir`` of the recipe, then of the user's ``--config`` files and flags
+    (:func:`tresnet_ft.training.loggers.runs_root` turns the default into ``./runs``)."""
+    from ..training.loggers import runs_root
+    from .recipe import deep_merge
+
+    user_trainer = _user_overrides(rest).get("trainer")
+    trainer = deep_merge(recipe.config.get("trainer") or {}, user_trainer if isinstance(user_trainer, dict) else {})
+    return runs_root(trainer.get("default_root_dir"))
+
+
+def _resolve_checkpoint(command: str, ckpt_path: Optional[str], run_name: str, root: Path,
+                        report: bool) -> tuple[Optional[str], Optional[RunFolder]]:
+    """``--ckpt_path``'s file (``last``/``best``: the newest run of ``run_name`` under ``root``
+    that has one) and, for ``fit`` from a checkpoint inside a run folder, the run it continues.
+    ``report``: log which checkpoint and run were chosen."""
+    from ..training.runs import CHECKPOINT_ALIASES, find_checkpoint, run_of_checkpoint
+
+    alias = ckpt_path if ckpt_path in CHECKPOINT_ALIASES else None
+    if alias is not None:
+        ckpt_path = str(find_checkpoint(root, run_name, alias))
+    run = run_of_checkpoint(ckpt_path) if ckpt_path and command == "fit" else None
+    # With an alias the user did not name the run: say which one it was, and why that one.
+    why = f" (--ckpt_path {alias}: the newest run of {run_name!r} under {root} with a {alias}.ckpt)" if alias else ""
+    if report and run is not None:
+        log.info("Resuming run %s from %s%s", run.path, ckpt_path, why)
+    elif report and alias is not None:
+        log.info("Checkpoint: %s%s", ckpt_path, why)
+    return ckpt_path, run
+
+
 def training_args(argv: Sequence[str]) -> tuple[list[str], str]:
     """Turn ``fit --recipe R [flags]`` into LightningCLI arguments with the merged recipe first.
 
-    Also maps ``--logger csv,tensorboard,wandb`` onto ``--trainer.logger`` entries, and
-    ``--ckpt_path last|best`` onto the newest such checkpoint of the recipe's runs. ``fit`` from a
-    checkpoint inside a run folder continues that run: same ``version_<N>`` folder, so its
-    ``last.ckpt``, metrics and plots carry on. ``precision: auto`` (the recipes' default, or
-    ``--trainer.precision auto``) becomes the best precision for this machine, logged with the
-    reason; an explicit precision is kept. Returns the arguments and the run name.
+    Also maps ``--logger csv,tensorboard,wandb`` onto ``--trainer.logger`` entries writing into
+    ``<default_root_dir>/<recipe>/version_<N>`` (``--trainer.default_root_dir``, from the recipe, a
+    ``--config`` file or a flag; ``runs`` by default), and ``--ckpt_path last|best`` onto the newest
+    such checkpoint of the recipe's runs there. ``fit`` from a checkpoint inside a run folder
+    continues that run: same ``version_<N>`` folder, so its ``last.ckpt``, metrics and plots carry
+    on. ``precision: auto`` (the recipes' default, or ``--trainer.precision auto``) becomes the best
+    precision for this machine, logged with the reason; an explicit precision is kept. Returns the
+    arguments and the run name.
     """
     from .recipe import write_merged
-    from ..training.runs import CHECKPOINT_ALIASES, find_checkpoint, run_of_checkpoint
 
     command, recipe, logger_names, ckpt_path, rest = _split_training_argv(argv)
     # Lightning first: importing it sets PYTORCH_NVML_BASED_CUDA_CHECK, so asking whether CUDA is
@@ -185,23 +219,23 @@ def training_args(argv: Sequence[str]) -> tuple[list[str], str]:
     from ..training import loggers
 
     recipe, rest, notes = _resolve_machine_settings(recipe, rest)
-    if getattr(rank_zero_only, "rank", 0) == 0 and not _asks_for_info(rest):  # DDP workers re-run this: one report
+    report = getattr(rank_zero_only, "rank", 0) == 0 and not _asks_for_info(rest)  # DDP workers re-run this
+    if report:
         for note in notes:
             log.info(note)
-    if ckpt_path in CHECKPOINT_ALIASES:
-        ckpt_path = str(find_checkpoint(loggers.RUNS_DIR, recipe.name, ckpt_path))
-    run = run_of_checkpoint(ckpt_path) if ckpt_path and command == "fit" else None
-    if run is not None:
-        log.info("Resuming run %s from %s", run.path, ckpt_path)
+    root = _runs_root(recipe, rest)
+    ckpt_path, run = _resolve_checkpoint(command, ckpt_path, recipe.name, root, report)
     config_dir = Path(tempfile.mkdtemp(prefix="tresnet-ft-recipe-"))
     args = [command, "--config", str(write_merged(recipe, config_dir))]
     names = [n.strip() for n in (logger_names or "csv,tensorboard").split(",") if n.strip()]
     args += ["--trainer.logger", loggers.logger_config(names, run.name if run else recipe.name,
-                                                       run.save_dir if run else None,
+                                                       run.save_dir if run else root,
                                                        run.version if run else None)]
     if ckpt_path:
         args += ["--ckpt_path", ckpt_path]
-    return args + rest, recipe.name
+    # Last, so the Trainer's default_root_dir (checkpoints and plots without a logger, the saved
+    # config.yaml) is the folder resolved above, also when $TRESNET_FT_RUNS replaced the default.
+    return args + rest + [f"--trainer.default_root_dir={root}"], recipe.name
 
 
 TRAINING_USAGE = ("tresnet-ft {command} [--recipe NAME|FILE] [--logger LIST] [--ckpt_path last|best|FILE] "
@@ -215,8 +249,12 @@ tresnet-ft options (before LightningCLI's own):
                         default: quickstart
   --logger LIST         comma-separated, of csv, tensorboard, wandb; default: csv,tensorboard
   --ckpt_path last|best|FILE
-                        last or best: the newest such checkpoint of this recipe's runs; fit
-                        from a checkpoint of a run continues that run's folder
+                        last or best: the newest such checkpoint of this recipe's runs (under
+                        --trainer.default_root_dir); fit from a checkpoint of a run continues
+                        that run's folder
+  --trainer.default_root_dir DIR
+                        where runs go: DIR/<recipe>/version_<N>/ holds checkpoints, metrics and
+                        plots; default: runs ($TRESNET_FT_RUNS when set)
   --print_config        show the merged settings and stop
 
 examples:

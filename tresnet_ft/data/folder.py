@@ -1,6 +1,7 @@
 """Your own images in class sub-folders.
 
-Two layouts are read (hidden files and folders are ignored; images may sit in nested folders)::
+Two layouts are read (images may sit in nested folders; hidden files and folders, names starting
+with ``.``, are ignored by the rule :mod:`tresnet_ft.data.files` shares with prediction)::
 
     root/train/<class>/*.jpg   root/val/<class>/...   [root/test/<class>/...]
     root/<class>/*.jpg         (val is then a deterministic stratified holdout)
@@ -19,7 +20,7 @@ import numpy as np
 
 from ..errors import InvalidValueError, MissingInputError
 from .base import DatasetInfo, ImageFileDataset, check_split
-from .images import IMAGE_EXTENSIONS
+from .files import image_files, visible_subfolders
 from .splits import holdout_mask
 from .unreadable import keep_readable
 
@@ -86,18 +87,12 @@ def _split_dir(root: Path, split: str) -> Path | None:
 
 def _class_names(folder: Path | None) -> list[str]:
     assert folder is not None  # train always resolves (root itself at worst)
-    names = sorted(
-        entry.name for entry in folder.iterdir() if entry.is_dir() and not _hidden(entry.name)
-    )
+    names = [entry.name for entry in visible_subfolders(folder)]
     if not names:
         raise InvalidValueError(
             f"Expected class sub-folders in {folder} (e.g. {folder}/cat/001.jpg), but found none."
         )
     return names
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith((".", "__"))
 
 
 def _check_no_unknown_classes(folder: Path, classes: list[str], train_dir: Path) -> None:
@@ -113,24 +108,12 @@ def _list_images(folder: Path, classes: list[str], split: str) -> tuple[list[str
     paths, targets = [], []
     for label, name in enumerate(classes):
         class_dir = folder / name
-        found = sorted(_walk_images(class_dir)) if class_dir.is_dir() else []
+        found = image_files(class_dir) if class_dir.is_dir() else []
         paths += found
         targets += [label] * len(found)
     if not paths:
         raise InvalidValueError(f"Expected images in the class folders of {folder}, but found none.")
     return paths, np.asarray(targets, dtype=np.int64)
-
-
-def _walk_images(folder: Path) -> list[str]:
-    found = []
-    for parent, dirs, files in os.walk(folder):
-        dirs[:] = [name for name in dirs if not _hidden(name)]
-        found += [
-            os.path.join(parent, name)
-            for name in files
-            if not _hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-        ]
-    return found
 
 
 def _dataset(

@@ -9,6 +9,9 @@ your own tables; the check is on the path as written, so symlinks inside the fol
 ``labels`` may also be a list. If any row has more or fewer than one tag, the task is multi-label.
 Without a ``split`` column, ``val`` is a deterministic holdout. Missing image files are an error
 before training that lists them.
+
+:func:`read_rows` is the one reader of these files: ``tresnet-ft predict`` lists the images of a
+table with it too, so both read the same rows the same way (see its docstring for the rules).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +39,9 @@ SPLIT_ALIASES = {
     "test": "test",
 }
 TABLE_SUFFIXES = (".csv", ".jsonl")
+IMAGE_COLUMN = "image"
+# What each column holds, for the "Fix:" of a missing-column error.
+COLUMN_MEANINGS = {IMAGE_COLUMN: "paths relative to the file", "labels": "the tags"}
 
 
 @dataclass
@@ -73,26 +81,19 @@ def read_table(root: Path, allow_outside_paths: bool = False) -> TagTable:
         FileNotFoundError: rows point to missing images (the first few are listed).
     """
     path = resolve_table(root)
-    rows, lines = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else _read_csv(path)
-    if not rows:
+    table = read_rows(path, (IMAGE_COLUMN, "labels"))
+    if not table.rows:
         raise InvalidValueError(f"Expected at least one row in {path}, but it is empty.")
-    for column in ("image", "labels"):
-        if column not in rows[0]:
-            raise InvalidValueError(
-                f"Expected a {column!r} column in {path}, but got columns {sorted(rows[0])}. Fix: "
-                "name the columns 'image' (paths relative to the file) and 'labels' (the tags)."
-            )
-    written = [str(row["image"]).strip() for row in rows]
     if not allow_outside_paths:
-        _check_inside_folder(path, written, lines)
-    images = [str((path.parent / image).resolve()) for image in written]
+        _check_inside_folder(path, table.written_images(), table.lines)
+    images = table.image_paths()
     missing = [image for image in images if not Path(image).is_file()]
     if missing:
         raise MissingInputError(
             f"{len(missing)} image(s) listed in {path} do not exist: {describe_paths(missing)}. "
             "Fix: correct the paths (relative to the file's folder) or remove those rows."
         )
-    return TagTable(path, images, _split_tags(rows), _read_splits(rows, path))
+    return TagTable(path, images, _split_tags(table.rows), _read_splits(table.rows, path))
 
 
 def describe_table(
@@ -139,27 +140,97 @@ def load_table(
     return ImageFileDataset(paths, targets, classes, task)
 
 
-def _read_csv(path: Path) -> tuple[list[dict], list[int]]:
-    """The rows and the line each one ends on."""
+@dataclass(frozen=True)
+class TableRows:
+    """The rows of a CSV or JSONL file as written, each with a non-empty image path."""
+
+    path: Path
+    rows: list[dict[str, Any]]  # column -> cell (CSV: strings; JSONL: any JSON value)
+    lines: list[int]  # the line of the file each row ends on, for messages
+
+    def written_images(self) -> list[str]:
+        """The ``image`` cells, stripped, as written."""
+        return [str(row[IMAGE_COLUMN]).strip() for row in self.rows]
+
+    def image_paths(self) -> list[str]:
+        """Absolute image paths: relative ones start at the file's folder (an absolute one stays),
+        resolved, so ``../x.jpg`` and symlinked folders name the file that is actually read."""
+        return [str((self.path.parent / image).resolve()) for image in self.written_images()]
+
+
+def read_rows(path: Path, columns: Sequence[str] = (IMAGE_COLUMN,)) -> TableRows:
+    """Read a ``.jsonl`` file (one JSON object per line; blank lines skipped) or, for any other
+    suffix, a CSV file with a header row (UTF-8, with or without a byte-order mark).
+
+    The rules, the same for training and prediction: every row has every column in ``columns``
+    (a CSV's header names them; in JSONL every line must, not only the first); every row's
+    ``image`` cell is a non-empty path; an empty file has no rows (not an error here).
+
+    Raises:
+        ValueError: a line is not a JSON object, a column is missing, or an image cell is empty
+            (the message names the line).
+    """
+    path = Path(path)
+    rows, lines = _read_jsonl(path, columns) if path.suffix.lower() == ".jsonl" else _read_csv(path, columns)
+    for row, line in zip(rows, lines):
+        value = row.get(IMAGE_COLUMN)
+        if value is None or not str(value).strip():
+            raise InvalidValueError(
+                f"Expected an image path in the {IMAGE_COLUMN!r} column on line {line} of {path}, but got "
+                f"{value!r}. Fix: fill it in or remove the row."
+            )
+    return TableRows(path, rows, lines)
+
+
+def _missing_column(path: Path, column: str, present: Sequence[Any], columns: Sequence[str],
+                    line: int | None = None) -> InvalidValueError:
+    article = "an" if column[:1].lower() in "aeiou" else "a"
+    where = f" on line {line}" if line is not None else ""
+    names = " and ".join(f"{name!r} ({COLUMN_MEANINGS[name]})" if name in COLUMN_MEANINGS else repr(name)
+                         for name in columns)
+    return InvalidValueError(
+        f"Expected {article} {column!r} column in {path}{where}, but got columns "
+        f"{sorted(str(name) for name in present)}. Fix: name the columns {names}."
+    )
+
+
+def _read_csv(path: Path, columns: Sequence[str]) -> tuple[list[dict], list[int]]:
+    """The rows and the line each one ends on (a quoted cell may span lines)."""
     rows, lines = [], []
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
+        header = reader.fieldnames  # None: an empty file, which simply has no rows
+        missing = [column for column in columns if header is not None and column not in header]
+        if missing:
+            raise _missing_column(path, missing[0], header or [], columns)
         for row in reader:
             rows.append(row)
             lines.append(reader.line_num)
     return rows, lines
 
 
-def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
+def _read_jsonl(path: Path, columns: Sequence[str]) -> tuple[list[dict], list[int]]:
     rows, lines = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
+    # Split on newlines only (not str.splitlines): JSON strings may hold U+2028 and the like.
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise InvalidValueError(
                     f"Expected one JSON object per line in {path}, but line {number} is not: {error}."
                 ) from error
+            if not isinstance(row, dict):
+                raise InvalidValueError(
+                    f"Expected one JSON object per line in {path}, but line {number} is a "
+                    f"{type(row).__name__}. Fix: write each line as {{\"{IMAGE_COLUMN}\": \"path/to.jpg\", ...}}."
+                )
+            for column in columns:
+                if column not in row:
+                    raise _missing_column(path, column, list(row), columns, line=number)
+            rows.append(row)
             lines.append(number)
     return rows, lines
 

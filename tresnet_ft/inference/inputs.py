@@ -1,27 +1,26 @@
 """Turn what a user names (image files, folders, CSV/JSONL tables) into a list of image paths.
 
-* a file with a ``.csv``/``.jsonl`` suffix is a table: its ``image`` column lists images, relative
-  to the table's folder or absolute (the convention of :mod:`tresnet_ft.data.tabular`);
+* a file with a ``.csv``/``.jsonl`` suffix is a table, read by the same reader as training tables
+  (:func:`tresnet_ft.data.tabular.read_rows`): its ``image`` column lists images, relative to the
+  table's folder or absolute; other columns (``labels``, ``split``) are ignored here;
 * any other file is an image, whatever its suffix (the decoder decides; a non-image ends up in
   the unreadable list, it does not stop the run);
-* a folder is searched recursively for image suffixes (case-insensitive), skipping hidden files
-  and hidden folders, sorted by path so that runs are reproducible.
+* a folder lists the images that training would see in it (:func:`tresnet_ft.data.files.image_files`:
+  image suffixes, hidden files and folders skipped, sorted by path).
 
-Only paths are listed (a few hundred bytes per image); nothing is opened or decoded here.
+Unlike training, a table may name images outside its folder: predicting reads a file the user
+chose, it does not train on it. Only paths are listed (a few hundred bytes per image); nothing is
+opened or decoded here.
 """
 from __future__ import annotations
 
-import csv
-import json
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from ..data.files import image_files
 from ..data.images import IMAGE_EXTENSIONS
-from ..data.tabular import TABLE_SUFFIXES
+from ..data.tabular import TABLE_SUFFIXES, read_rows
 from ..errors import InvalidValueError, MissingInputError
-
-IMAGE_COLUMN = "image"
 
 
 def list_image_paths(inputs: Sequence[str | Path]) -> list[str]:
@@ -46,62 +45,16 @@ def list_image_paths(inputs: Sequence[str | Path]) -> list[str]:
     return list(found)
 
 
-def _paths_of(source: Path) -> Iterator[str]:
+def _paths_of(source: Path) -> list[str]:
     if source.is_dir():
-        return _images_in_folder(source)
+        return image_files(source)
+    if source.is_file() and source.suffix.lower() in TABLE_SUFFIXES:
+        return read_rows(source).image_paths()
     if source.is_file():
-        return _images_in_table(source) if source.suffix.lower() in TABLE_SUFFIXES else iter([str(source)])
+        return [str(source)]
     raise MissingInputError(f"Expected an image file, a folder or a CSV/JSONL table at {source}, "
                             "but nothing exists there. Fix: check the path (relative paths start "
                             f"from {Path.cwd()}).")
-
-
-def _images_in_folder(folder: Path) -> Iterator[str]:
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [name for name in dirs if not name.startswith(".")]  # prune hidden folders
-        found += [os.path.join(root, name) for name in files
-                  if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS]
-    return iter(sorted(found))
-
-
-def _images_in_table(table: Path) -> Iterator[str]:
-    rows = _jsonl_rows(table) if table.suffix.lower() == ".jsonl" else _csv_rows(table)
-    for number, row in rows:
-        value = row.get(IMAGE_COLUMN)
-        if value is None or not str(value).strip():
-            raise InvalidValueError(f"Expected an image path in the {IMAGE_COLUMN!r} field of row {number} of "
-                             f"{table}, but got {value!r}. Fix: fill it in or remove the row.")
-        # As in training tables: relative to the table's folder (an absolute path replaces it),
-        # resolved so that "../x.jpg" and symlinked folders name the file that is actually read.
-        yield str((table.parent / str(value).strip()).resolve())
-
-
-def _csv_rows(table: Path) -> Iterator[tuple[int, dict]]:
-    with open(table, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        if IMAGE_COLUMN not in columns:
-            raise InvalidValueError(f"Expected an {IMAGE_COLUMN!r} column in {table}, but got columns {columns}. "
-                             f"Fix: name the column of image paths {IMAGE_COLUMN!r} in the header row.")
-        yield from enumerate(reader, start=2)  # line 1 is the header
-
-
-def _jsonl_rows(table: Path) -> Iterator[tuple[int, dict]]:
-    with open(table, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InvalidValueError(f"Expected one JSON object per line in {table}, but line {number} is "
-                                 f"not: {error}.") from error
-            if not isinstance(row, dict) or IMAGE_COLUMN not in row:
-                keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise InvalidValueError(f"Expected an {IMAGE_COLUMN!r} key on line {number} of {table}, but got "
-                                 f"{keys}. Fix: write each line as {{\"{IMAGE_COLUMN}\": \"path/to.jpg\"}}.")
-            yield number, row
 
 
 def _describe_sources(inputs: Sequence[str | Path]) -> str:

@@ -1,8 +1,10 @@
 """Experiment loggers for ``tresnet-ft fit``: CSV and TensorBoard by default, W&B on request.
 
-Every logger of a run writes into one folder, ``runs/<recipe>/version_<N>``, next to the
-checkpoints and plots. A resumed run (``--ckpt_path last``) writes into the folder of the run it
-continues; its CSV file then reads as if the run had never stopped (:class:`ResumableCSVLogger`).
+Every logger of a run writes into one folder, ``<default_root_dir>/<recipe>/version_<N>``, next
+to the checkpoints and plots: ``--trainer.default_root_dir`` decides where runs go, as in
+Lightning, and is ``runs`` unless set (:func:`runs_root`). A resumed run (``--ckpt_path last``)
+writes into the folder of the run it continues; its CSV file then reads as if the run had never
+stopped (:class:`ResumableCSVLogger`).
 """
 from __future__ import annotations
 
@@ -17,18 +19,31 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from ..errors import InvalidValueError
+from .runs import next_version
 
 log = logging.getLogger(__name__)
 
-RUNS_DIR = Path(os.environ.get("TRESNET_FT_RUNS", "runs"))
+DEFAULT_RUNS_DIR = "runs"  # the recipes' trainer.default_root_dir (recipes/_base.yaml)
+# Where runs go when default_root_dir is left at the default; $TRESNET_FT_RUNS moves them all.
+RUNS_DIR = Path(os.environ.get("TRESNET_FT_RUNS", DEFAULT_RUNS_DIR))
 KNOWN_LOGGERS = ("csv", "tensorboard", "wandb")
 
 
-def next_version(run_name: str, runs_dir: Path = RUNS_DIR) -> int:
-    """The first ``version_N`` not yet used under ``runs_dir/run_name``."""
-    existing = [int(p.name.split("_", 1)[1]) for p in (runs_dir / run_name).glob("version_*")
-                if p.name.split("_", 1)[1].isdigit()]
-    return max(existing, default=-1) + 1
+def runs_root(default_root_dir: str | Path | None) -> Path:
+    """The folder that holds the run folders of a run configured with ``trainer.default_root_dir``.
+
+    That folder itself, as in Lightning; unset (None) or the recipes' default ``runs``: :data:`RUNS_DIR`
+    (``$TRESNET_FT_RUNS`` when set, else ``./runs``), read at each call.
+
+    Example:
+        ``runs_root("/data/exp")`` -> ``Path("/data/exp")``; ``runs_root("runs")`` -> ``Path("runs")``
+        (or ``$TRESNET_FT_RUNS``).
+    """
+    # The recipes state "runs" only so that --print_config and the saved config show where runs go;
+    # treating it as "the default" keeps $TRESNET_FT_RUNS able to move every recipe's runs.
+    if default_root_dir is None or Path(str(default_root_dir)) == Path(DEFAULT_RUNS_DIR):
+        return RUNS_DIR
+    return Path(str(default_root_dir))
 
 
 def wandb_can_sync() -> bool:
@@ -56,7 +71,7 @@ def logger_config(names: list[str], run_name: str, runs_dir: Path | None = None,
         raise InvalidValueError(f"Unknown logger(s) {unknown}: expected some of {list(KNOWN_LOGGERS)}, "
                          "e.g. --logger csv,tensorboard,wandb.")
     runs_dir = RUNS_DIR if runs_dir is None else runs_dir
-    version = next_version(run_name, runs_dir) if version is None else version
+    version = next_version(runs_dir, run_name) if version is None else version
     common = {"save_dir": str(runs_dir), "name": run_name, "version": version}
     entries = []
     # CSV first: checkpoints go to the first logger's folder.

@@ -1,7 +1,10 @@
 """Run folders on disk: ``<runs>/<recipe>/version_<N>/checkpoints/{best,last}.ckpt``.
 
-Finding the checkpoint that ``--ckpt_path last`` (or ``best``) means, and which run folder a
-checkpoint belongs to, so that a resumed run keeps writing into its own folder. Plain Python.
+``<runs>`` is ``--trainer.default_root_dir`` (``runs`` by default, see
+:func:`tresnet_ft.training.loggers.runs_root`). This module is the one reader of ``version_<N>``
+names: the next free version for a new run, the checkpoint that ``--ckpt_path last`` (or
+``best``) means, and which run folder a checkpoint belongs to, so that a resumed run keeps writing
+into its own folder. Plain Python.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from pathlib import Path
 from ..errors import InvalidValueError, MissingInputError
 
 CHECKPOINT_ALIASES = ("last", "best")
-_VERSION = re.compile(r"^version_(\d+)$")
+# ASCII digits only: "version_٣" is not a run of ours, whatever int() would make of it.
+_VERSION = re.compile(r"^version_([0-9]+)$")
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,20 @@ class RunFolder:
     @property
     def path(self) -> Path:
         return self.save_dir / self.name / f"version_{self.version}"
+
+
+def run_versions(runs_dir: Path, run_name: str) -> list[tuple[int, Path]]:
+    """``(N, path)`` of every ``version_<N>`` entry in ``runs_dir/run_name``, oldest first.
+
+    Files count too: a new run must not take a name that is already used, whatever holds it.
+    """
+    entries = (Path(runs_dir) / run_name).glob("version_*")
+    return sorted((int(match.group(1)), entry) for entry in entries if (match := _VERSION.match(entry.name)))
+
+
+def next_version(runs_dir: Path, run_name: str) -> int:
+    """The first ``N`` above every ``version_<N>`` of ``run_name`` under ``runs_dir`` (0 for the first run)."""
+    return max((version for version, _ in run_versions(runs_dir, run_name)), default=-1) + 1
 
 
 def run_of_checkpoint(checkpoint: str | Path) -> RunFolder | None:
@@ -52,22 +70,18 @@ def find_checkpoint(runs_dir: Path, run_name: str, alias: str) -> Path:
         raise InvalidValueError(
             f"Expected a checkpoint alias in {list(CHECKPOINT_ALIASES)}, but got {alias!r}."
         )
-    runs = sorted(
-        (int(m.group(1)), folder)
-        for folder in (runs_dir / run_name).glob("version_*")
-        if (m := _VERSION.match(folder.name)) and folder.is_dir()
-    )
-    for _, folder in reversed(runs):
+    for _, folder in reversed(run_versions(runs_dir, run_name)):
         candidate = folder / "checkpoints" / f"{alias}.ckpt"
         if candidate.is_file():
             return candidate
-    where = runs_dir / run_name / "version_*" / "checkpoints" / f"{alias}.ckpt"
+    where = Path(runs_dir) / run_name / "version_*" / "checkpoints" / f"{alias}.ckpt"
     raise MissingInputError(
         f"--ckpt_path {alias}: no {alias}.ckpt found at {where} (runs of recipe {run_name!r} under "
-        f"{runs_dir.resolve()}). Fix: run the command from the folder the run was started in (or set "
-        "TRESNET_FT_RUNS to its runs folder), use the same --recipe, pass the checkpoint file itself, "
-        "or start a new run without --ckpt_path."
+        f"{Path(runs_dir).resolve()}). Fix: pass the run's --trainer.default_root_dir (without it, runs "
+        "are under ./runs of the folder the run was started in, or $TRESNET_FT_RUNS), use the same "
+        "--recipe, pass the checkpoint file itself, or start a new run without --ckpt_path."
     )
 
 
-__all__ = ["CHECKPOINT_ALIASES", "RunFolder", "find_checkpoint", "run_of_checkpoint"]
+__all__ = ["CHECKPOINT_ALIASES", "RunFolder", "find_checkpoint", "next_version", "run_of_checkpoint",
+           "run_versions"]
