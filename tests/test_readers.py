@@ -18,7 +18,7 @@ from tresnet_ft.training.runs import find_checkpoint, next_version, run_versions
 # Under root/train/: what both training and prediction must list, and what both must skip.
 SEEN = ["cat/1.jpg", "cat/2.PNG", "cat/trip/3.JPEG", "cat/__4.jpg", "dog/5.webp.png", "dog/deep/er/6.bmp"]
 SKIPPED_IMAGES = ["cat/.7.jpg", "cat/._8.jpg", "cat/.cache/9.jpg", "dog/.git/objects/10.png",
-                  ".thumbs/11.jpg"]  # hidden files, files in hidden folders, a hidden "class"
+                  ".thumbs/11.jpg", "__MACOSX/cat/12.jpg"]  # hidden files and folders, hidden "classes"
 SKIPPED_OTHER = {"cat/notes.txt": "not an image", "cat/.DS_Store": "junk", "dog/labels.csv": "a,b",
                  "dog/raw.cr2": "raw", "README": "hi"}
 
@@ -37,7 +37,7 @@ def test_training_and_prediction_see_the_same_images_in_a_folder_with_hidden_and
     train = load_dataset("folder", tmp_path, "train")
     predicted = list_image_paths([tmp_path / "train"])
     expected = sorted(str(tmp_path / "train" / name) for name in SEEN)
-    assert train.classes == ["cat", "dog"]  # .thumbs is not a class
+    assert train.classes == ["cat", "dog"]  # neither .thumbs nor macOS's __MACOSX is a class
     assert sorted(train.paths) == expected
     assert predicted == expected  # sorted by path, each once
     assert train.targets.tolist() == [0, 0, 0, 0, 1, 1]
@@ -49,7 +49,7 @@ def test_the_walker_skips_hidden_names_at_every_level_but_reads_a_hidden_root(tm
         write_jpeg(root / name, 8, 8)
     assert image_files(root) == [str(root / "a.jpg"), str(root / "sub/b.tif"), str(root / "sub/g.gif")]
     assert [p.name for p in visible_subfolders(root)] == ["sub"]
-    assert is_hidden(".x") and not is_hidden("__MACOSX") and not is_hidden("x.")
+    assert is_hidden(".x") and is_hidden("__MACOSX") and not is_hidden("__x.jpg") and not is_hidden("x.")
 
 
 # -- tables --------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ whichever of the two reads it:
   hidden folder is not entered. The folder given is read even if its own name starts with ``.``.
   Nothing else is hidden: training used to skip names starting with ``__`` as well, prediction
   did not; such names are now ordinary on both sides, because skipping them silently dropped
-  real images (``__0001.jpg``). The junk of macOS archives inside ``__MACOSX/`` is still skipped
-  (every file there starts with ``._``).
+  real images (``__0001.jpg``). The one exception is the ``__MACOSX/`` folder that macOS adds to
+  zip archives: it is hidden too, so that an unzipped flat-layout dataset does not gain a class
+  named ``__MACOSX``.
 * **image**: a suffix in :data:`~tresnet_ft.data.images.IMAGE_EXTENSIONS`, any letter case.
 * **order**: sorted by path, so that runs and prediction files are reproducible.
 
@@ -26,8 +27,8 @@ from .images import IMAGE_EXTENSIONS
 
 
 def is_hidden(name: str) -> bool:
-    """Whether a file or folder name is hidden (starts with ``.``) and so is never listed."""
-    return name.startswith(".")
+    """Whether a file or folder name is hidden (starts with ``.``, or is macOS's ``__MACOSX``) and so is never listed."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def is_image_name(name: str) -> bool:
