@@ -27,7 +27,7 @@ import torch
 
 from tresnet_ft import create_model
 from tresnet_ft.classifier.checkpoint import ClassifierInfo, LoadedClassifier, write_classifier
-from tresnet_ft.data import read_image
+from tresnet_ft.data import EvalPreprocessing, read_image
 from tresnet_ft.models.norm_act import BatchNormAct2d
 
 IMAGE_SIZE = 64
@@ -128,7 +128,8 @@ def _session_folder() -> Path:
 @functools.cache
 def single_label_checkpoint() -> Path:
     """Five classes, linear head, centred on the photos."""
-    info = ClassifierInfo(arch="tresnet_m", classes=CLASSES, task="single_label", image_size=IMAGE_SIZE)
+    info = ClassifierInfo(arch="tresnet_m", classes=CLASSES, task="single_label",
+                          preprocessing=EvalPreprocessing(IMAGE_SIZE))
     model = filled_model(len(CLASSES))
     _center_logits(model, preprocess(info, photo_arrays()))
     return _write(_session_folder() / "single_label.ckpt", model, info)
@@ -139,7 +140,8 @@ def multi_label_checkpoint() -> Path:
     """Four tags, ML-Decoder head, tuned per-class thresholds: tag ``c`` sits halfway between the
     ``c+1``-th and ``c+2``-th lowest scores over the photos, so 5, 4, 3 and 2 of the six photos pass
     the four tags (the thresholds differ from 0.5 and from each other, and none sits on a score)."""
-    info = ClassifierInfo(arch="tresnet_m", classes=TAGS, task="multi_label", image_size=IMAGE_SIZE,
+    info = ClassifierInfo(arch="tresnet_m", classes=TAGS, task="multi_label",
+                          preprocessing=EvalPreprocessing(IMAGE_SIZE),
                           head="ml_decoder", head_args=ML_DECODER_ARGS)
     model = filled_model(len(TAGS), head="ml_decoder", head_args=ML_DECODER_ARGS)
     scores = _center_logits(model, preprocess(info, photo_arrays())).sigmoid().sort(dim=0).values

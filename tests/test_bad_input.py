@@ -66,7 +66,7 @@ def _own_checkpoint(path: Path, classes: list[str], task: str = "single_label") 
     from tresnet_ft import TResNetClassifier
 
     model = TResNetClassifier(
-        num_classes=len(classes), classes=classes, task=task, image_size=32
+        num_classes=len(classes), classes=classes, task=task, preprocessing={"image_size": 32}
     )
     meta = model.classifier_info().to_dict()
     torch.save(
@@ -116,9 +116,10 @@ def test_a_checkpoint_for_another_task_is_refused(tmp_path, caplog):
 def test_a_shared_classifier_file_is_not_a_training_checkpoint(tmp_path, caplog):
     from tresnet_ft import create_model
     from tresnet_ft.classifier.checkpoint import ClassifierInfo, write_classifier
+    from tresnet_ft.data import EvalPreprocessing
 
     info = ClassifierInfo(
-        arch="tresnet_m", classes=["a", "b"], task="single_label", image_size=32
+        arch="tresnet_m", classes=["a", "b"], task="single_label", preprocessing=EvalPreprocessing(32)
     )
     shared = write_classifier(
         tmp_path / "shared.ckpt", create_model("tresnet_m", 2), info

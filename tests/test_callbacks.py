@@ -15,6 +15,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
+from tresnet_ft.training import plots
+from tresnet_ft.training.evaluation import EvaluationAccumulator
 from tresnet_ft.training.plot_callback import PlotCallback
 from tresnet_ft.training.progress import ThroughputMeter, ThroughputProgressBar, count_images
 
@@ -24,14 +26,15 @@ MULTI_LABEL_PNGS = {"curves", "per_class_ap", "precision_recall", "worst_predict
 
 
 class TinyClassifier(pl.LightningModule):
-    """A linear classifier whose validation_step returns the PlotCallback contract."""
+    """A linear classifier that keeps the PlotCallback contract: an evaluation per stage."""
 
-    def __init__(self, task: str = "single_label", return_outputs: bool = True) -> None:
+    def __init__(self, task: str = "single_label") -> None:
         super().__init__()
         self.task = task
         self.classes = ["cat", "dog", "bird"]
-        self.return_outputs = return_outputs
         self.linear = torch.nn.Linear(3 * IMAGE_SIZE * IMAGE_SIZE, NUM_CLASSES)
+        self.evaluations = {stage: EvaluationAccumulator(task, NUM_CLASSES) for stage in ("val", "test")}
+        self.results = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.linear(images.flatten(1))
@@ -62,9 +65,16 @@ class TinyClassifier(pl.LightningModule):
             self.log(f"{stage}/top1", (probs.argmax(1) == targets).float().mean())
         else:
             probs = logits.sigmoid()
-        if not self.return_outputs:
-            return None
-        return {"probs": probs.detach(), "targets": targets, "images": images}
+        self.evaluations[stage].update(probs, targets, images)
+
+    def on_validation_epoch_end(self):
+        self.results["val"] = self.evaluations["val"].compute()
+
+    def on_test_epoch_end(self):
+        self.results["test"] = self.evaluations["test"].compute()
+
+    def evaluation(self, stage: str):
+        return self.results.get(stage)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.5)
@@ -132,16 +142,16 @@ def test_single_label_fit_writes_pngs_history_and_tensorboard_images(tmp_path):
             logged = [float(row[key]) for row in rows if row[key] and int(row["epoch"]) == entry["epoch"]]
             assert logged == [pytest.approx(entry[key])], key
 
-    # The kept outputs are those of the last validation: recompute them from the final model.
+    # The plotted evaluation is the module's last validation: recompute it from the final model.
     images, targets = val.dataset.tensors
     with torch.no_grad():
         probs = model(images).softmax(dim=1)
     expected = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
     for true, predicted in zip(targets.tolist(), probs.argmax(1).tolist()):
         expected[true, predicted] += 1
-    assert torch.equal(callback.outputs.confusion_matrix(), expected)
+    assert torch.equal(model.evaluation("val").confusion_matrix, expected)
     p_true = probs[torch.arange(len(targets)), targets]
-    assert torch.allclose(callback.outputs.worst().badness, 1 - p_true.sort().values[:4])
+    assert torch.allclose(model.evaluation("val").worst.badness[:4], 1 - p_true.sort().values[:4])
 
     assert tensorboard_image_tags(trainer.loggers[1].log_dir) == {
         f"plots/{name}" for name in SINGLE_LABEL_PNGS}
@@ -158,9 +168,9 @@ def test_multi_label_fit_writes_ap_and_precision_recall(tmp_path):
     images, targets = val.dataset.tensors
     with torch.no_grad():
         probs = model(images).sigmoid()
-    scores, kept_targets = callback.outputs.scores_and_targets()
-    assert torch.allclose(scores, probs, atol=1e-3) and torch.equal(kept_targets.float(), targets)
-    assert len(callback.outputs.worst().images) == 5
+    result = model.evaluation("val")
+    assert torch.allclose(result.scores, probs, atol=1e-3) and torch.equal(result.targets.float(), targets)
+    assert len(result.worst.images) == 16  # the module keeps 16; the callback draws 5 of them
     assert tensorboard_image_tags(trainer.loggers[1].log_dir) == {
         f"plots/{name}" for name in MULTI_LABEL_PNGS}
 
@@ -198,14 +208,34 @@ def test_validate_and_test_write_their_own_plots(tmp_path):
     assert_valid_pngs(plots_dir / "test", {"confusion_matrix", "worst_predictions"})
 
 
-def test_without_validation_outputs_only_curves_are_written(tmp_path, caplog):
+def test_plots_draw_the_modules_evaluation_and_keep_no_copy(tmp_path, monkeypatch):
+    drawn = {}
+    for name in ("plot_confusion_matrix", "plot_worst_predictions"):
+        def draw(*args, _name=name, _original=getattr(plots, name), **kwargs):
+            drawn[_name] = args
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(plots, name, draw)
+    _, val = loaders("single_label")
+    callback, model = PlotCallback(num_worst=3), TinyClassifier()
+    make_trainer(tmp_path, [callback], loggers=False).validate(model, val)
+    result = model.evaluation("val")
+    assert drawn["plot_confusion_matrix"][0] is result.confusion_matrix
+    assert torch.equal(drawn["plot_worst_predictions"][0], result.worst.images[:3])
+    assert not any(isinstance(value, torch.Tensor) for value in vars(callback).values())
+
+
+class WithoutEvaluation(TinyClassifier):
+    evaluation = None  # a module that keeps no evaluation for the plots
+
+
+def test_without_an_evaluation_only_curves_are_written(tmp_path, caplog):
     train, val = loaders("single_label")
     callback = PlotCallback()
     trainer = make_trainer(tmp_path, [callback], loggers=[CSVLogger(tmp_path)])
     with caplog.at_level(logging.DEBUG, logger="tresnet_ft.training.plot_callback"):
-        trainer.fit(TinyClassifier(return_outputs=False), train, val)
+        trainer.fit(WithoutEvaluation(), train, val)
     assert_valid_pngs(Path(trainer.log_dir) / "plots", {"curves"})
-    assert "the evaluation step returned NoneType" in caplog.text
+    assert "WithoutEvaluation has no evaluation(stage) method" in caplog.text
     assert [entry["epoch"] for entry in callback.history] == [0, 1]
 
 
@@ -251,8 +281,8 @@ def test_history_survives_a_checkpoint_round_trip(tmp_path):
 def test_contract_violations_fail_at_the_first_batch(tmp_path):
     class WrongTargets(TinyClassifier):
         def validation_step(self, batch, batch_idx):
-            outputs = super().validation_step(batch, batch_idx)
-            return {**outputs, "targets": F.one_hot(outputs["targets"], NUM_CLASSES)}
+            images, targets = batch
+            self.evaluations["val"].update(self(images).softmax(1), F.one_hot(targets, NUM_CLASSES), images)
 
     _, val = loaders("single_label")
     trainer = make_trainer(tmp_path, [PlotCallback()], loggers=False)
@@ -260,13 +290,18 @@ def test_contract_violations_fail_at_the_first_batch(tmp_path):
         trainer.validate(WrongTargets(), val)
 
 
-def test_a_class_list_of_the_wrong_length_fails_at_the_first_batch(tmp_path):
+def test_a_class_list_of_the_wrong_length_fails_at_the_first_evaluation(tmp_path):
     model = TinyClassifier()
     model.classes = ["cat", "dog"]
-    _, val = loaders("single_label")
+    train, val = loaders("single_label")
     trainer = make_trainer(tmp_path, [PlotCallback()], loggers=False)
     with pytest.raises(ValueError, match="Expected 3 class names .* pl_module.classes has 2"):
         trainer.validate(model, val)
+    # In a fit, at the sanity check: before any training.
+    trainer = make_trainer(tmp_path, [PlotCallback()], loggers=False, num_sanity_val_steps=1)
+    with pytest.raises(ValueError, match="Expected 3 class names"):
+        trainer.fit(model, train, val)
+    assert trainer.global_step == 0
 
 
 class StepLossClassifier(TinyClassifier):

@@ -74,6 +74,10 @@ def test_every_recipe_parses_and_builds(tmp_path, name, monkeypatch):
     assert cli.model.hparams.arch == recipe["model"]["arch"]
     assert cli.model.hparams.num_classes == 5  # linked from the data
     assert cli.datamodule.transform_config.image_size == recipe["data"]["image_size"]
+    # linked once, from the data's value object, and kept as plain values for weights_only checkpoints
+    assert cli.model.preprocessing == cli.datamodule.preprocessing
+    assert cli.model.hparams.preprocessing == cli.datamodule.preprocessing.to_dict()
+    assert cli.model.preprocessing.eval_crop == recipe["data"].get("eval_crop", "squish")
 
 
 def test_progress_bar_can_be_turned_off(tmp_path, monkeypatch):

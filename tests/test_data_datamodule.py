@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tests.data_builders import write_jpeg
-from tresnet_ft.data import ImageDataModule
+from tresnet_ft.data import EvalPreprocessing, ImageDataModule
 
 
 def test_task_classes_and_count_are_known_before_setup(tmp_path):
@@ -22,13 +22,13 @@ def test_task_classes_and_count_are_known_before_setup(tmp_path):
 
 def test_loaders_yield_uint8_batches_and_the_device_hook_makes_floats():
     dm = ImageDataModule(
-        "quickstart", image_size=48, batch_size=8, num_workers=0, dataset_options={"num_images": 20}
+        "quickstart", image_size=64, batch_size=8, num_workers=0, dataset_options={"num_images": 20}
     )
     dm.prepare_data()
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))
     assert (
-        images.shape == (8, 3, 48, 48)
+        images.shape == (8, 3, 64, 64)
         and images.dtype == torch.uint8
         and labels.dtype == torch.int64
     )
@@ -45,6 +45,27 @@ def test_unknown_dataset_and_unsupported_options_fail_early():
         ImageDataModule("flowers102", val_fraction=0.1)
     with pytest.raises(ValueError, match="does not take options"):
         ImageDataModule("quickstart", dataset_options={"colour": "red"})
+
+
+def test_the_eval_flags_make_one_preprocessing_object_that_the_loaders_use(tmp_path):
+    dm = ImageDataModule("quickstart", image_size=64, eval_crop="center_crop", mean=(0.5, 0.5, 0.5),
+                         std=(0.25, 0.25, 0.25), batch_size=4, num_workers=0, dataset_options={"num_images": 4})
+    assert dm.preprocessing == EvalPreprocessing(image_size=64, eval_crop="center_crop", mean=(0.5, 0.5, 0.5),
+                                                 std=(0.25, 0.25, 0.25))
+    assert dm.transform_config.preprocessing is dm.preprocessing  # one object, not a copy
+    assert ImageDataModule("quickstart").preprocessing == EvalPreprocessing()  # defaults unchanged
+    # JPEGs decode no smaller than what each split's resize needs: S to train, S / 0.875 to evaluate
+    assert (dm._min_decode_size("train"), dm._min_decode_size("val")) == (64, 73)
+    images, _ = next(iter(dm.val_dataloader()))
+    floats, _ = dm.on_after_batch_transfer((images, None), 0)
+    torch.testing.assert_close(floats, (images.float() / 255 - 0.5) / 0.25)
+
+
+def test_a_bad_eval_setting_fails_when_the_datamodule_is_made():
+    with pytest.raises(ValueError, match=r"multiple of 32 .* Fix: --data.image_size 32 or 64"):
+        ImageDataModule("quickstart", image_size=48)
+    with pytest.raises(ValueError, match="eval_crop"):
+        ImageDataModule("quickstart", eval_crop="letterbox")
 
 
 def test_mixing_is_refused_for_multi_label():
@@ -119,7 +140,7 @@ def test_unreadable_images_in_workers_are_reported_once_at_teardown(tmp_path, ca
     dm = ImageDataModule(
         "folder",
         root=str(tmp_path),
-        image_size=24,
+        image_size=32,
         batch_size=4,
         num_workers=2,
         persistent_workers=False,

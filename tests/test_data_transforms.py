@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tresnet_ft.data import NORMALIZATIONS, TransformConfig, build_transforms, images_to_float
+from tresnet_ft.data import EvalPreprocessing, TransformConfig, build_transforms, images_to_float
 from tresnet_ft.data.transforms import randaugment_ops
 
 RNG = np.random.default_rng(0)
@@ -15,7 +15,7 @@ SMALL = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
 PHOTO = RNG.integers(0, 256, (375, 500, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("size", [224, 368, 448])
+@pytest.mark.parametrize("size", [224, 384, 448])
 @pytest.mark.parametrize("crop", ["random_resized_crop", "squish_random_crop", "squish"])
 def test_train_output_is_a_float_tensor_in_unit_range(size, crop):
     transform = build_transforms(train=True, image_size=size, train_crop=crop)
@@ -45,8 +45,8 @@ def test_eval_is_deterministic_and_uint8_output_matches_float():
 
 
 def test_normalisation_is_a_setting_and_tresnet_uses_none():
-    assert NORMALIZATIONS["tresnet"] == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    mean, std = NORMALIZATIONS["imagenet"]
+    assert EvalPreprocessing().identity_normalisation  # TResNet: mean 0, std 1
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # another backbone's
     plain = build_transforms(train=False, image_size=32)(SMALL)
     normed = build_transforms(train=False, image_size=32, mean=mean, std=std)(SMALL)
     expected = (plain - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
@@ -116,3 +116,17 @@ def test_bad_settings_raise_value_errors():
         build_transforms(train=False, eval_crop="letterbox")(SMALL)
     with pytest.raises(ValueError, match="output"):
         build_transforms(output="half")
+
+
+def test_the_eval_transform_is_the_preprocessing_and_nothing_else():
+    """Eval settings reach the transform only through EvalPreprocessing; the train size is its size."""
+    preprocessing = EvalPreprocessing(image_size=64, eval_crop="center_crop", eval_crop_fraction=0.5)
+    config = TransformConfig(preprocessing=preprocessing)
+    assert config.image_size == 64 and build_transforms(config, train=True)(PHOTO).shape == (3, 64, 64)
+    image = np.zeros((100, 300, 3), np.uint8)
+    image[:, 100:200] = 255  # the central square is white, the sides black
+    # fraction 0.5: the short side goes to 128, and the central 64 px of the 384 px width are all white
+    out = build_transforms(config, train=False)(image)
+    assert out.shape == (3, 64, 64) and out.min() == 1.0
+    assert build_transforms(train=False, image_size=64, eval_crop="center_crop",
+                            eval_crop_fraction=0.5)(image).equal(out)

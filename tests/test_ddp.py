@@ -10,10 +10,15 @@ statistics), which is what the 1e-5 tolerance below tells apart.
 
 from __future__ import annotations
 
+import collections
+import json
 import socket
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+from lightning.pytorch import Callback
 
 from tests.run_helpers import (
     DumpRankState,
@@ -75,6 +80,44 @@ TWO_PROCESSES = [
 EVAL_METRICS = ("val/top1", "val/macro_accuracy")
 
 
+class CountEvaluationCollectives(Callback):
+    """Each rank writes the collectives every evaluation's end made (gathering metrics, thresholds
+    and plots alike) to ``folder/collectives<R>.json``."""
+
+    NAMES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "broadcast")
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.counts = folder, []
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        finish = pl_module._finish_evaluation
+
+        def counted(stage: str):
+            counts, originals = collections.Counter(), {name: getattr(dist, name) for name in self.NAMES}
+            for name, original in originals.items():
+                setattr(dist, name, lambda *a, _name=name, _original=original, **k: (
+                    counts.update([_name]), _original(*a, **k))[1])
+            try:
+                return finish(stage)
+            finally:
+                for name, original in originals.items():
+                    setattr(dist, name, original)
+                self.counts.append(dict(counts))
+
+        pl_module._finish_evaluation = counted
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        (Path(self.folder) / f"collectives{trainer.global_rank}.json").write_text(json.dumps(self.counts))
+
+
+def _count_collectives_arg(folder) -> str:
+    # By its path under the repository: pytest imports this file as ``test_ddp``, which the
+    # subprocess could not import.
+    return "--trainer.callbacks+=" + json.dumps({"class_path": "tests.test_ddp.CountEvaluationCollectives",
+                                                 "init_args": {"folder": str(folder)}})
+
+
 # The folder recipe's schedule: the head alone for the first epoch, then everything.
 FREEZE = ["--model.freeze_epochs", "1"]
 
@@ -126,7 +169,7 @@ def _check_against_single_process(run, ranks, single_process) -> None:
     for key, value in weights.items():
         assert torch.equal(value, dumps[0]["state_dict"][key]), key
         torch.testing.assert_close(value, reference[key], atol=1e-5, rtol=1e-5, msg=key)
-    # The same metrics at every epoch: top-1 exactly (counts synchronised by torchmetrics), losses
+    # The same metrics at every epoch: top-1 exactly (counts summed across processes), losses
     # up to float rounding (the training loss is the mean over both processes).
     rows, reference_rows = metrics_rows(run), metrics_rows(single_process)
     for name in EVAL_METRICS:
@@ -149,6 +192,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, single_process):
             "--trainer.devices",
             "2",
             callback_arg(DumpRankState, folder=str(ranks)),
+            _count_collectives_arg(ranks),
         ],
         cwd=tmp_path,
     )
@@ -158,6 +202,11 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, single_process):
         and "Starting with 2 processes" in proc.stderr
     )
     assert proc.stderr.count("Run folder:") == 1  # reported by rank 0 only
+    # Each validation (one per epoch; the recipe has no sanity check) is gathered once: one sum of
+    # every count, one gather of the worst images; no collective per metric.
+    for rank in (0, 1):
+        counts = json.loads((ranks / f"collectives{rank}.json").read_text())
+        assert counts == [{"all_reduce": 1, "all_gather": 1}] * 2, counts
     _check_against_single_process(
         tmp_path / "runs" / "quickstart" / "version_0", ranks, single_process
     )

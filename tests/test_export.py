@@ -20,7 +20,6 @@ from tests.classifier_builders import (
     single_label_checkpoint,
 )
 from tresnet_ft import UnsafeCheckpointError
-from tresnet_ft.data import images_to_float
 from tresnet_ft.inference.export import ExportCheckError, _onnx_runner, export_model
 
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -47,7 +46,7 @@ def _expected(checkpoint, pixels: torch.Tensor) -> np.ndarray:
     """Logits ``[B, K]`` of the written (unfused) model for ``pixels``, preprocessed its way."""
     written = reference_model(checkpoint)
     with torch.no_grad():
-        return written.model(images_to_float(pixels, written.info.mean, written.info.std)).numpy()
+        return written.model(written.info.preprocessing.to_float(pixels)).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +95,31 @@ def test_onnx_with_uint8_input_scales_pixels_inside_the_graph(onnx_multi_label_u
         np.testing.assert_allclose(got, _expected(multi_label_checkpoint(), pixels), atol=1e-4, rtol=0)
     metadata = json.loads(report.sidecar.read_text())
     assert metadata["input"]["dtype"] == "uint8" and "inside the model" in metadata["preprocessing"]["normalisation"]
+
+
+def test_a_normalising_preprocessing_is_exported_inside_the_uint8_graph_and_described(tmp_path):
+    """A backbone with a mean/std: the uint8 graph normalises exactly as the checkpoint's preprocessing
+    does, and the sidecar carries the settings (crop rule included) as plain JSON."""
+    from tests.classifier_builders import filled_model
+    from tresnet_ft.classifier.checkpoint import ClassifierInfo, write_classifier
+    from tresnet_ft.data import EvalPreprocessing
+
+    preprocessing = EvalPreprocessing(image_size=IMAGE_SIZE, eval_crop="center_crop", mean=(0.485, 0.456, 0.406),
+                                      std=(0.229, 0.224, 0.225))
+    model = filled_model(len(CLASSES))
+    info = ClassifierInfo(arch="tresnet_m", classes=CLASSES, task="single_label", preprocessing=preprocessing)
+    report = export_model(write_classifier(tmp_path / "normalised.ckpt", model, info), "onnx",
+                          tmp_path / "normalised.onnx", input_dtype="uint8")
+    assert report.max_abs_diff < 1e-4
+    session = onnxruntime.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    pixels = _pixels(3, seed=40)
+    with torch.no_grad():
+        expected = model(preprocessing.to_float(pixels)).numpy()
+    np.testing.assert_allclose(session.run(["logits"], {"images": pixels.numpy()})[0], expected, atol=1e-4, rtol=0)
+    described = json.loads(report.sidecar.read_text())["preprocessing"]
+    assert {key: described[key] for key in ("eval_crop", "eval_crop_fraction", "mean", "std")} == {
+        key: value for key, value in preprocessing.to_dict().items() if key != "image_size"}
+    assert described["resize"].startswith(f"resize the shorter side to {preprocessing.decode_size} ")
 
 
 def test_torchscript_matches_pytorch_at_batch_1_and_3(torchscript_multi_label, jit_is_deprecated):

@@ -82,10 +82,19 @@ def test_explicit_precision_wins_on_a_gpu_box(monkeypatch, tmp_path):
     trainer, flags = _trainer_config(["fit", "--recipe", "cifar100", "--trainer.precision", "32-true",
                                       "--model.lr", "0.1"])
     assert trainer["precision"] == "32-true"
-    assert flags[-1] == "--trainer.precision=32-true" and "--model.lr" in flags  # last, so it wins
+    # After every flag of the user's and every other precision setting, so it wins (only the resolved
+    # default_root_dir may follow it: tests/test_runs_location.py).
+    assert _last_precision_flag(flags) == "--trainer.precision=32-true" and "--model.lr" in flags
     # `auto` on the command line is resolved too: Lightning would refuse the word.
     trainer, flags = _trainer_config(["fit", "--recipe", "quickstart", "--trainer.precision=auto"])
-    assert trainer["precision"] == "bf16-mixed" and flags[-1] == "--trainer.precision=bf16-mixed"
+    assert trainer["precision"] == "bf16-mixed" and _last_precision_flag(flags) == "--trainer.precision=bf16-mixed"
+
+
+def _last_precision_flag(flags: list[str]) -> str:
+    """The last flag that sets anything but default_root_dir, checked to be a precision flag's last word."""
+    rest = [flag for flag in flags if not flag.startswith("--trainer.default_root_dir=")]
+    assert sum(flag.startswith("--trainer.precision") for flag in rest) == 1, rest
+    return rest[-1]
 
 
 def test_cpu_accelerator_on_a_gpu_box_trains_in_float32(monkeypatch, tmp_path):

@@ -1,15 +1,14 @@
-"""Metrics and threshold tuning, checked against scikit-learn and hand-computed cases."""
+"""Metrics (functional) and threshold tuning, checked against scikit-learn and hand-computed cases.
+
+The accumulator that feeds them batch by batch and across processes is tested in test_evaluation.py.
+"""
 from __future__ import annotations
 
 import logging
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from sklearn.metrics import (
     average_precision_score,
     balanced_accuracy_score,
@@ -18,16 +17,18 @@ from sklearn.metrics import (
     precision_score,
     recall_score,
 )
-from torchmetrics.classification import MultilabelF1Score
 
+from tresnet_ft.classifier.thresholds import Thresholds, tune_thresholds
 from tresnet_ft.training.metrics import (
-    MultilabelMeanAveragePrecision,
-    Thresholds,
     average_precision_per_class,
-    mean_average_precision,
-    multilabel_metrics,
-    single_label_metrics,
-    tune_thresholds,
+    confusion_counts,
+    histogram_table,
+    mean_over_classes_with_positives,
+    score_histogram,
+    single_label_scores,
+    threshold_counts,
+    threshold_scores,
+    top_k_hits,
 )
 
 
@@ -73,88 +74,44 @@ def test_classes_without_positives_are_reported_not_averaged(
     per_class = average_precision_per_class(scores, targets)
     assert per_class[[1, 4]].isnan().all() and not per_class[[0, 2, 3, 5]].isnan().any()
     with caplog.at_level(logging.WARNING, logger="tresnet_ft.training.metrics"):
-        value = mean_average_precision(scores, targets)
+        value = mean_over_classes_with_positives(per_class)
     assert value.item() == pytest.approx(np.mean(sklearn_ap(scores, targets)), rel=1e-5)
     assert "4 of 6 classes" in caplog.text and "[1, 4]" in caplog.text
 
-    metric = MultilabelMeanAveragePrecision(num_classes=6)
-    metric.update(scores, targets)
-    assert metric.compute().item() == pytest.approx(value.item())
-    assert metric.classes_without_positives == [1, 4]
+
+def test_weighted_average_precision_equals_repeated_rows() -> None:
+    # A row with weight w counts as w identical samples; weight 0 as none.
+    scores, targets = random_multilabel(40, 3, seed=9)
+    weights = torch.randint(0, 4, (40, 1)).expand(40, 3)
+    repeated = torch.repeat_interleave(torch.arange(40), weights[:, 0])
+    torch.testing.assert_close(average_precision_per_class(scores, targets, weights),
+                               average_precision_per_class(scores[repeated], targets[repeated]))
 
 
-def test_map_metric_accumulates_batches_and_resets() -> None:
-    scores, targets = random_multilabel(90, 5, seed=4)
-    metric = MultilabelMeanAveragePrecision(num_classes=5)
-    for start in range(0, 90, 25):  # uneven last batch
-        metric.update(scores[start : start + 25], targets[start : start + 25])
-    assert metric.compute().item() == pytest.approx(np.mean(sklearn_ap(scores, targets)), rel=1e-5)
-    metric.reset()
-    metric.update(scores[:40], targets[:40])
-    expected = np.mean(sklearn_ap(scores[:40], targets[:40]))
-    assert metric.compute().item() == pytest.approx(expected, rel=1e-5)
-    per_class = MultilabelMeanAveragePrecision(num_classes=5, average="none")
-    per_class.update(scores, targets)
-    np.testing.assert_allclose(per_class.compute().numpy(), sklearn_ap(scores, targets), rtol=1e-5)
+def test_histogram_ap_is_exact_for_scores_rounded_to_their_bin() -> None:
+    generator = torch.Generator().manual_seed(10)
+    targets = (torch.rand(2000, 4, generator=generator) < 0.2).int()
+    logits = 3 * torch.randn(2000, 4, generator=generator) + 2.5 * targets
+    num_bins = 64  # coarse, so that bins hold ties
+    table = histogram_table(score_histogram(logits, targets, num_bins))
+    binned = average_precision_per_class(*table)
+    width = 32 / num_bins
+    rounded = ((logits.clamp(-16, 16) + 16) / width).floor().clamp(max=num_bins - 1)
+    torch.testing.assert_close(binned, average_precision_per_class(rounded, targets))
+    # Only ties inside a bin differ from the exact AP: less than the bin width (in logit) here.
+    exact = average_precision_per_class(logits, targets)
+    for num_bins, largest_difference in ((64, 0.02), (2**10, 2e-3), (2**16, 5e-5)):
+        binned = average_precision_per_class(*histogram_table(score_histogram(logits, targets, num_bins)))
+        assert (binned - exact).abs().max() < min(largest_difference, 32 / num_bins), num_bins
 
 
-def sharded_case() -> tuple[torch.Tensor, torch.Tensor, list[slice]]:
-    scores, targets = random_multilabel(47, 4, seed=5)
-    targets[:, 3] = 0
-    targets[40, 3] = 1  # class 3's only positive sits on the second rank
-    return scores, targets, [slice(0, 30), slice(30, 47)]  # uneven, like a last partial batch
-
-
-def test_map_metric_states_are_concatenated_on_sync() -> None:
-    # Two ranks simulated in one process: torchmetrics hands each state to dist_sync_fn (an
-    # all-gather) in the order they were added; this one returns the other rank's state as well.
-    scores, targets, shards = sharded_case()
-    other_rank = MultilabelMeanAveragePrecision(num_classes=4)
-    other_rank.update(scores[shards[1]], targets[shards[1]])
-    other_states = iter([other_rank.scores[0], other_rank.targets[0]])
-
-    def all_gather(tensor: torch.Tensor, group=None) -> list[torch.Tensor]:
-        return [tensor, next(other_states)]
-
-    metric = MultilabelMeanAveragePrecision(
-        num_classes=4, dist_sync_fn=all_gather, distributed_available_fn=lambda: True
-    )
-    metric.update(scores[shards[0]], targets[shards[0]])
-    assert metric.compute().item() == pytest.approx(np.mean(sklearn_ap(scores, targets)), rel=1e-5)
-    assert metric.classes_without_positives == []
-
-
-def compute_map_on_shard(rank: int, port: int, out_dir: str) -> None:
-    """One DDP rank: update with its own shard only, then save the synchronised mAP."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    scores, targets, shards = sharded_case()
-    metric = MultilabelMeanAveragePrecision(num_classes=4)
-    metric.update(scores[shards[rank]], targets[shards[rank]])
-    torch.save(metric.compute(), os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
-
-
-@pytest.mark.slow  # two spawned processes re-import torch and torchmetrics: ~10 s on 2 cores
-def test_map_metric_synchronises_across_real_processes(tmp_path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(compute_map_on_shard, args=(port, str(tmp_path)), nprocs=2)
-    scores, targets, _ = sharded_case()
-    expected = np.mean(sklearn_ap(scores, targets))
-    for rank in range(2):
-        assert torch.load(tmp_path / f"rank{rank}.pt", weights_only=True).item() == pytest.approx(expected, rel=1e-5)
-
-
-def test_single_label_metrics_hand_checked() -> None:
+def test_single_label_scores_hand_checked() -> None:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 8, generator=generator)
     labels = torch.randint(0, 8, (64,), generator=generator)
-    collection = single_label_metrics(8)
-    collection.update(logits[:30], labels[:30])
-    collection.update(logits[30:], labels[30:])
-    results = collection.compute()
+    confusion = confusion_counts(logits[:30], labels[:30]) + confusion_counts(logits[30:], labels[30:])
+    hits = top_k_hits(logits[:30], labels[:30], 5) + top_k_hits(logits[30:], labels[30:], 5)
+    results = single_label_scores(confusion, hits)
 
     predicted = logits.argmax(1)
     in_top5 = (logits.topk(5, dim=1).indices == labels[:, None]).any(1)
@@ -165,17 +122,26 @@ def test_single_label_metrics_hand_checked() -> None:
     assert results["macro_accuracy"].item() == pytest.approx(
         balanced_accuracy_score(labels.numpy(), predicted.numpy())
     )
-    np.testing.assert_array_equal(
-        results["confusion_matrix"].numpy(), confusion_matrix(labels.numpy(), predicted.numpy())
-    )
-    assert "top5" not in single_label_metrics(5).keys()
+    np.testing.assert_array_equal(confusion.numpy(), confusion_matrix(labels.numpy(), predicted.numpy()))
+    assert "top5" not in single_label_scores(confusion)
 
 
-def test_multilabel_threshold_metrics_match_sklearn() -> None:
+def test_macro_accuracy_leaves_out_only_classes_neither_present_nor_predicted() -> None:
+    # Class 2 is predicted but never true: accuracy 0, counted. Class 3 is neither: left out.
+    confusion = torch.tensor([[3, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    results = single_label_scores(confusion)
+    assert results["per_class_accuracy"].tolist() == pytest.approx([0.75, 0.5, 0.0, 0.0])
+    assert results["macro_accuracy"].item() == pytest.approx((0.75 + 0.5 + 0.0) / 3)
+    assert results["top1"].item() == pytest.approx(4 / 6)
+    assert single_label_scores(torch.zeros(3, 3, dtype=torch.long))["top1"].item() == 0.0
+
+
+def test_threshold_metrics_match_sklearn() -> None:
     scores, targets = random_multilabel(200, 7, seed=6, decimals=3)
-    collection = multilabel_metrics(7, threshold=0.4)
-    collection.update(scores, targets)
-    results = collection.compute()
+    targets[:, 6] = 0
+    scores[:, 6] = 0.1  # a class with neither positives nor predictions: 0 in the macro averages
+    counts = threshold_counts(scores[:120], targets[:120], 0.4) + threshold_counts(scores[120:], targets[120:], 0.4)
+    results = threshold_scores(counts)
     predicted = (scores > 0.4).int().numpy()
     truth = targets.numpy()
     for average in ("micro", "macro"):
@@ -183,8 +149,6 @@ def test_multilabel_threshold_metrics_match_sklearn() -> None:
         for name, reference in references:
             expected = reference(truth, predicted, average=average, zero_division=0)
             assert results[f"{name}_{average}"].item() == pytest.approx(expected, rel=1e-5), name
-    assert results["mAP"].item() == pytest.approx(np.mean(sklearn_ap(scores, targets)), rel=1e-5)
-    assert results["per_class_ap"].shape == (7,)
 
 
 def calibration_mismatch_case() -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,10 +171,10 @@ def test_tune_thresholds_fixes_miscalibrated_classes() -> None:
     assert tuned.f1_before <= tuned.f1_global < tuned.f1_after
     assert 0.70 < tuned.per_class[0] < 0.90 and 0.13 < tuned.per_class[1] < 0.30
 
-    predicted = tuned.predict(scores).int().numpy()
+    predicted = (scores > tuned.per_class).int().numpy()
     assert f1_score(targets.numpy(), predicted, average="macro") == pytest.approx(tuned.f1_after)
-    at_global = MultilabelF1Score(3, threshold=tuned.global_threshold, average="macro")
-    assert at_global(scores, targets).item() == pytest.approx(tuned.f1_global, rel=1e-5)
+    at_global = (scores > tuned.global_threshold).int().numpy()
+    assert f1_score(targets.numpy(), at_global, average="macro") == pytest.approx(tuned.f1_global, rel=1e-5)
 
 
 def test_tuned_per_class_threshold_is_the_exact_optimum() -> None:
@@ -244,17 +208,24 @@ def test_thresholds_survive_a_weights_only_checkpoint(tmp_path) -> None:
     torch.testing.assert_close(loaded.per_class, tuned.per_class)
 
 
+def test_weighted_tuning_scores_f1_as_repeated_rows() -> None:
+    scores, targets = random_multilabel(80, 4, seed=11, decimals=2)
+    weights = torch.randint(1, 4, (80, 1)).expand(80, 4)
+    repeated = torch.repeat_interleave(torch.arange(80), weights[:, 0])
+    weighted = tune_thresholds(scores, targets, weights=weights)
+    plain = tune_thresholds(scores[repeated], targets[repeated])
+    torch.testing.assert_close(weighted.per_class, plain.per_class)
+    assert (weighted.f1_before, weighted.f1_global, weighted.f1_after) == pytest.approx(
+        (plain.f1_before, plain.f1_global, plain.f1_after))
+
+
 def test_bad_inputs_raise_value_errors() -> None:
     expected = r"Expected targets of shape \[N, K\] matching scores \[4, 3\], but got \[4\]"
     with pytest.raises(ValueError, match=expected):
         average_precision_per_class(torch.rand(4, 3), torch.ones(4))
-    with pytest.raises(ValueError, match=r"Expected scores of shape \[N, 3\], but got \[4, 2\]"):
-        MultilabelMeanAveragePrecision(3).update(torch.rand(4, 2), torch.ones(4, 2))
+    with pytest.raises(ValueError, match=r"Expected weights of shape \[N, K\] matching scores \[4, 3\]"):
+        average_precision_per_class(torch.rand(4, 3), torch.ones(4, 3), torch.ones(4, 2))
     with pytest.raises(ValueError, match="at least one class with a positive"):
         tune_thresholds(torch.rand(4, 3), torch.zeros(4, 3))
-    with pytest.raises(ValueError, match=r"Expected scores of shape \[N, 3\]"):
-        tune_thresholds(*calibration_mismatch_case()).predict(torch.rand(2, 4))
-    with pytest.raises(ValueError, match="at least 2"):
-        single_label_metrics(1)
-    with pytest.raises(ValueError, match=r"threshold to be a probability"):
-        multilabel_metrics(3, threshold=2.0)
+    with pytest.raises(ValueError, match=r"Expected weights of shape \[N, K\] matching scores \[4, 3\]"):
+        tune_thresholds(torch.rand(4, 3), torch.ones(4, 3), weights=torch.ones(4))

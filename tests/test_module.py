@@ -7,6 +7,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from tresnet_ft import ImageDataModule, TResNetClassifier, create_model
 from tresnet_ft.classifier.checkpoint import load_classifier
+from tresnet_ft.classifier.thresholds import tune_thresholds
+from tresnet_ft.training.evaluation import EvaluationAccumulator
 
 
 def tiny_data(multi_label=False, num_images=16):
@@ -52,6 +54,11 @@ def test_fit_writes_a_self_contained_checkpoint(tmp_path):
     assert loaded.info.classes == ["circle", "square", "triangle", "cross", "diamond"]
     assert loaded.info.task == "single_label" and loaded.info.image_size == 32
     assert "val/top1" in trainer.callback_metrics and "train/loss_epoch" in trainer.callback_metrics
+    # The preprocessing is one plain entry in the hyperparameters and one in the metadata.
+    hparams = torch.load(best, weights_only=True)["hyper_parameters"]
+    assert hparams["preprocessing"] == data.preprocessing.to_dict() and "image_size" not in hparams
+    assert loaded.info.preprocessing == data.preprocessing == model.preprocessing
+    assert TResNetClassifier.load_from_checkpoint(best).preprocessing == data.preprocessing
 
 
 def test_ema_weights_are_what_is_validated_and_saved(tmp_path):
@@ -119,6 +126,31 @@ def test_multilabel_tunes_thresholds_and_stores_them(tmp_path):
     info = load_classifier(trainer.checkpoint_callback.best_model_path).info
     assert info.task == "multi_label" and info.head == "ml_decoder"
     assert info.thresholds is not None and len(info.thresholds["per_class"]) == 5
+    # The logged mAP and the thresholds come from the one evaluation the plots read too.
+    result = model.evaluation("val")
+    assert result.num_samples == len(trainer.datamodule.val_dataloader().dataset)
+    assert float(trainer.callback_metrics["val/mAP"]) == pytest.approx(result.metrics["mAP"])
+    torch.testing.assert_close(model.thresholds.per_class, tune_thresholds(result.scores, result.targets).per_class)
+    assert float(trainer.callback_metrics["val/f1_tuned"]) == pytest.approx(model.thresholds.f1_after)
+
+
+def test_each_validation_is_computed_once_and_kept_for_the_plots(tmp_path, monkeypatch):
+    computed = []
+    original = EvaluationAccumulator.compute
+
+    def compute(self, *args, **kwargs):
+        computed.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(EvaluationAccumulator, "compute", compute)
+    trainer, model, data = _fit(tmp_path, trainer_kwargs={"max_epochs": 2, "num_sanity_val_steps": 1})
+    assert len(computed) == 3 and len(set(map(id, computed))) == 1  # sanity check, 2 epochs: one accumulator
+    result = model.evaluation("val")
+    assert float(trainer.callback_metrics["val/top1"]) == pytest.approx(result.metrics["top1"])
+    assert result.confusion_matrix.sum() == result.num_samples == len(data.val_dataloader().dataset)
+    assert model.evaluation("test") is None
+    tiny_trainer(tmp_path / "test", logger=False).test(model, data)
+    assert model.evaluation("test").num_samples == result.num_samples and len(computed) == 4
 
 
 def test_mismatched_task_is_a_clear_error(tmp_path):
@@ -128,11 +160,29 @@ def test_mismatched_task_is_a_clear_error(tmp_path):
         tiny_trainer(tmp_path).fit(model, data)
 
 
+def test_data_that_prepares_images_otherwise_is_a_clear_error(tmp_path):
+    data = tiny_data()  # 32 px, squish
+    model = TResNetClassifier.from_datamodule(data, arch="tresnet_m", pretrained=None,
+                                              preprocessing={"image_size": 64, "eval_crop": "center_crop"})
+    with pytest.raises(ValueError, match=r"The data prepares evaluation images as EvalPreprocessing\(image_size=32,"
+                                         r".* but the model was built for EvalPreprocessing\(image_size=64, "
+                                         r"eval_crop='center_crop'.*preprocessing=dm.preprocessing"):
+        tiny_trainer(tmp_path).fit(model, data)
+
+
+def test_plots_get_images_back_in_unit_range_whatever_the_normalisation():
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    model = TResNetClassifier(preprocessing={"image_size": 32, "mean": mean, "std": std})
+    assert model.hparams.preprocessing == {"image_size": 32, "eval_crop": "squish", "eval_crop_fraction": 0.875,
+                                           "mean": list(mean), "std": list(std)}
+    torch.testing.assert_close(model._unnormalise(model.preprocessing.to_float(pixels)), pixels.float() / 255)
+
+
 class _NeverImproves(TResNetClassifier):
     """Validation always reports the same top-1, so the best checkpoint is never replaced."""
 
-    def _log_metric_collection(self, metrics) -> None:
-        metrics.reset()
+    def _log_evaluation(self, stage, result) -> None:
         self.log("val/top1", 0.5)
 
 

@@ -26,6 +26,7 @@ from tests.classifier_builders import (
 )
 from tresnet_ft import UnsafeCheckpointError
 from tresnet_ft.classifier.checkpoint import ClassifierInfo, LoadedClassifier
+from tresnet_ft.data import EvalPreprocessing
 from tresnet_ft.inference.predict import predict_to_file
 
 
@@ -166,7 +167,8 @@ def test_rows_reach_the_file_as_each_batch_finishes(photos, tmp_path, monkeypatc
         lines_on_disk_at_each_batch.append(len(output.read_text().splitlines()))
         return torch.zeros(len(images), len(CLASSES))
 
-    info = ClassifierInfo(arch="tresnet_m", classes=CLASSES, task="single_label", image_size=IMAGE_SIZE)
+    info = ClassifierInfo(arch="tresnet_m", classes=CLASSES, task="single_label",
+                          preprocessing=EvalPreprocessing(IMAGE_SIZE))
     monkeypatch.setattr(predict_module, "load_fused_classifier", lambda *_: LoadedClassifier(model, info))
     predict_to_file("unused.ckpt", [folder], output, batch_size=2, num_workers=0, progress=False)
     # Sorted paths in batches of 2: [a, b] [broken, c] [f, d] [e, empty] [g] -> 2, 1, 2, 1, 1 rows.
@@ -177,7 +179,8 @@ def test_rows_reach_the_file_as_each_batch_finishes(photos, tmp_path, monkeypatc
 def test_a_run_with_no_readable_image_writes_just_the_header(photos, tmp_path, monkeypatch):
     import tresnet_ft.inference.predict as predict_module
 
-    info = ClassifierInfo(arch="tresnet_m", classes=TAGS, task="multi_label", image_size=IMAGE_SIZE)
+    info = ClassifierInfo(arch="tresnet_m", classes=TAGS, task="multi_label",
+                          preprocessing=EvalPreprocessing(IMAGE_SIZE))
     monkeypatch.setattr(predict_module, "load_fused_classifier", lambda *_: LoadedClassifier(None, info))
     _, _, unreadable = photos
     summary = predict_to_file("unused.ckpt", unreadable, tmp_path / "tags.csv", progress=False)
@@ -196,8 +199,10 @@ from pathlib import Path
 import torch
 import tresnet_ft.inference.predict as predict
 from tresnet_ft.classifier.checkpoint import ClassifierInfo, LoadedClassifier
+from tresnet_ft.data import EvalPreprocessing
 
-info = ClassifierInfo(arch="tresnet_m", classes=list("abcde"), task="single_label", image_size=128)
+info = ClassifierInfo(arch="tresnet_m", classes=list("abcde"), task="single_label",
+                      preprocessing=EvalPreprocessing(128))
 weights = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
 predict.load_fused_classifier = lambda *_: LoadedClassifier(lambda x: x.mean((2, 3)) @ weights, info)
 summary = predict.predict_to_file("stand-in.ckpt", [sys.argv[1]], Path(sys.argv[2]), batch_size=32,

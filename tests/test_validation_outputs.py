@@ -1,10 +1,10 @@
-"""ValidationOutputs: what is kept from each batch, the worst images across batches, captions."""
+"""The worst predictions: kept across batches in fixed memory, merged across processes, captions."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tresnet_ft.training.validation_outputs import ValidationOutputs, WorstPredictions, describe_worst
+from tresnet_ft.training.validation_outputs import WorstPredictions, describe_worst, keep_worst, merge_worst
 
 
 def batches(num_batches: int, batch_size: int, num_classes: int, multi_label: bool, seed: int = 0):
@@ -20,22 +20,20 @@ def batches(num_batches: int, batch_size: int, num_classes: int, multi_label: bo
             yield logits.softmax(dim=1), targets, images
 
 
-def test_single_label_confusion_and_worst_images_over_batches():
-    outputs = ValidationOutputs("single_label", num_worst=5)
-    data = list(batches(4, 7, 3, multi_label=False))
+def keep_over(data, num_worst: int) -> WorstPredictions:
+    kept = None
     for probs, targets, images in data:
-        outputs.add(probs, targets, images)
-    probs, targets, images = (torch.cat(part) for part in zip(*data))
+        kept = keep_worst(kept, probs, targets, images, num_worst)
+    return kept
 
-    expected = torch.zeros(3, 3, dtype=torch.long)
-    for true, predicted in zip(targets.tolist(), probs.argmax(1).tolist()):
-        expected[true, predicted] += 1
-    assert torch.equal(outputs.confusion_matrix(), expected)
-    assert outputs.num_samples == 28
+
+def test_single_label_worst_images_over_batches():
+    data = list(batches(4, 7, 3, multi_label=False))
+    worst = keep_over(data, 5)
+    probs, targets, images = (torch.cat(part) for part in zip(*data))
 
     p_true = probs[torch.arange(28), targets]
     worst_five = p_true.argsort()[:5]
-    worst = outputs.worst()
     assert torch.allclose(worst.badness, 1 - p_true[worst_five])
     assert torch.equal(worst.targets, targets[worst_five])
     assert torch.equal(worst.probs, probs[worst_five])
@@ -43,55 +41,30 @@ def test_single_label_confusion_and_worst_images_over_batches():
     assert torch.equal(worst.images, (images[worst_five] * 255).round().to(torch.uint8))
 
 
-def test_multi_label_keeps_float16_scores_uint8_targets_and_ranks_by_bce():
-    outputs = ValidationOutputs("multi_label", num_worst=3)
+def test_multi_label_worst_are_ranked_by_mean_binary_cross_entropy():
     data = list(batches(3, 5, 4, multi_label=True))
-    for probs, targets, images in data:
-        outputs.add(probs, targets, images)
+    worst = keep_over(data, 3)
     probs, targets, _ = (torch.cat(part) for part in zip(*data))
-
-    scores, kept_targets = outputs.scores_and_targets()
-    assert outputs._chunks[0][0].dtype == torch.float16  # what is held between batches
-    assert kept_targets.dtype == torch.uint8 and torch.equal(kept_targets, targets.to(torch.uint8))
-    assert torch.allclose(scores, probs, atol=1e-3)
-
     bce = torch.nn.functional.binary_cross_entropy(probs, targets, reduction="none").mean(1)
-    worst = outputs.worst()
     assert torch.allclose(worst.badness, bce.sort(descending=True).values[:3])
     assert torch.equal(worst.targets, targets[bce.argsort(descending=True)[:3]])
 
 
-def test_without_images_no_worst_predictions_are_kept():
-    outputs = ValidationOutputs("single_label")
-    outputs.add(torch.tensor([[0.2, 0.8]]), torch.tensor([1]))
-    assert outputs.worst() is None and outputs.confusion_matrix().sum() == 1
+def test_equally_bad_images_keep_the_earliest_and_parts_merge_in_order():
+    probs = torch.tensor([[0.5, 0.5]] * 4)  # every image equally bad
+    images = torch.arange(4, dtype=torch.uint8).view(4, 1, 1, 1).expand(4, 3, 2, 2)
+    kept = keep_worst(None, probs[:2], torch.tensor([0, 1]), images[:2], 3)
+    kept = keep_worst(kept, probs[2:], torch.tensor([0, 1]), images[2:], 3)
+    assert kept.images[:, 0, 0, 0].tolist() == [0, 1, 2]
+    other = WorstPredictions(images[:1], torch.tensor([[0.9, 0.1]]), torch.tensor([1]), torch.tensor([0.9]))
+    merged = merge_worst([kept, other], 2)
+    assert merged.badness.tolist() == pytest.approx([0.9, 0.5]) and merged.targets.tolist() == [1, 0]
 
 
-@pytest.mark.parametrize(
-    ("task", "probs", "targets", "images", "message"),
-    [
-        ("single_label", torch.rand(4), torch.zeros(4, dtype=torch.long), None,
-         r"probs of shape \[B, K\], but got \[4\]"),
-        ("single_label", torch.rand(4, 3), torch.zeros(4, 3), None,
-         r"single_label targets of shape \[4\] .* but got \[4, 3\]"),
-        ("single_label", torch.rand(4, 3), torch.zeros(4), None,
-         "integer class labels .* but got torch.float32"),
-        ("multi_label", torch.rand(4, 3), torch.zeros(4, dtype=torch.long), None,
-         r"multi_label targets of shape \[4, 3\] .* but got \[4\]"),
-        ("multi_label", torch.rand(4, 3), torch.zeros(4, 3), torch.zeros(4, 1, 8, 8),
-         r"images of shape \[4, 3, H, W\], but got \[4, 1, 8, 8\]"),
-    ],
-)
-def test_bad_batches_are_rejected_with_expected_and_received(task, probs, targets, images, message):
-    with pytest.raises(ValueError, match=message):
-        ValidationOutputs(task).add(probs, targets, images)
-
-
-def test_the_number_of_classes_must_stay_the_same():
-    outputs = ValidationOutputs("multi_label")
-    outputs.add(torch.rand(2, 3), torch.zeros(2, 3))
-    with pytest.raises(ValueError, match=r"probs of shape \[B, 3\], but got \[2, 4\]"):
-        outputs.add(torch.rand(2, 4), torch.zeros(2, 4))
+def test_images_of_another_size_are_rejected():
+    kept = keep_worst(None, torch.rand(2, 3), torch.tensor([0, 1]), torch.rand(2, 3, 4, 4), 2)
+    with pytest.raises(ValueError, match=r"images of one size \[3, H, W\] across batches, but got \[3, 4, 4\] then \[3, 5, 5\]"):
+        keep_worst(kept, torch.rand(2, 3), torch.tensor([0, 1]), torch.rand(2, 3, 5, 5), 2)
 
 
 def test_captions_single_label():

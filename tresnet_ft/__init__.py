@@ -13,7 +13,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from .models import (ARCHS, PRETRAINED, TResNet, UnsafeCheckpointError, WeightsUnavailableError,
                      convert_sync_norm, create_model, fuse_for_inference, list_pretrained)
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _LAZY = {"ImageDataModule": ".data", "TResNetClassifier": ".training.module", "fit": ".cli.api",
          "load_classifier": ".classifier.checkpoint", "predict_to_file": ".inference.predict",
@@ -28,6 +28,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'tresnet_ft' has no attribute {name!r}")
 
 
-__all__ = ["ARCHS", "PRETRAINED", "ImageDataModule", "TResNet", "TResNetClassifier", "UnsafeCheckpointError",
+__all__ = ["__version__", "ARCHS", "PRETRAINED", "ImageDataModule", "TResNet", "TResNetClassifier", "UnsafeCheckpointError",
            "WeightsUnavailableError", "convert_sync_norm", "create_model", "export_model", "fit",
            "fuse_for_inference", "list_pretrained", "load_classifier", "predict_to_file"]

@@ -16,13 +16,18 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from ..data.preprocessing import EvalPreprocessing
+from ..data.transforms import ImageTransform, eval_transform
 from ..models import create_model
 from ..models.weights import read_checkpoint
 from ..errors import InvalidValueError
 
 METADATA_KEY = "tresnet_ft"
-FORMAT_VERSION = 1
+# 2: the evaluation settings moved into one "preprocessing" entry; version 1 kept them flat.
+FORMAT_VERSION = 2
 STATE_PREFIX = "model."
+LEGACY_PREPROCESSING_KEYS = ("image_size", "eval_crop", "eval_crop_fraction", "mean", "std")
+REQUIRED_KEYS = ("arch", "classes", "task", "preprocessing")
 
 
 @dataclass
@@ -33,62 +38,60 @@ class ClassifierInfo:
         arch, head, head_args, norm: passed to :func:`tresnet_ft.create_model`.
         classes: class names in output order (``K`` of them).
         task: ``"single_label"`` or ``"multi_label"``.
-        image_size: evaluation side ``S``.
-        eval_crop: ``"squish"`` (resize to ``S x S``) or ``"center_crop"``.
-        eval_crop_fraction: centre-crop fraction (``center_crop`` only).
-        mean, std: input normalisation in [0, 1] units (TResNet: 0 and 1).
+        preprocessing: how images are fed (side ``S``, resize rule, mean/std); see
+            :class:`~tresnet_ft.data.preprocessing.EvalPreprocessing`.
         thresholds: multi-label decision thresholds (:meth:`Thresholds.to_dict`), or None.
     """
 
     arch: str
     classes: list[str]
     task: str
-    image_size: int
+    preprocessing: EvalPreprocessing
     head: str = "linear"
     head_args: dict[str, Any] = field(default_factory=dict)
     norm: str = "inplace_abn"
-    eval_crop: str = "squish"
-    eval_crop_fraction: float = 0.875
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     thresholds: Optional[dict[str, Any]] = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def image_size(self) -> int:
+        """``S`` of the model's input ``[B, 3, S, S]`` (read from :attr:`preprocessing`)."""
+        return self.preprocessing.image_size
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values only, so ``torch.load(weights_only=True)`` reads them back."""
         return {"format_version": FORMAT_VERSION, "arch": self.arch, "classes": list(self.classes),
-                "task": self.task, "image_size": int(self.image_size), "head": self.head,
-                "head_args": dict(self.head_args), "norm": self.norm, "eval_crop": self.eval_crop,
-                "eval_crop_fraction": float(self.eval_crop_fraction), "mean": [float(v) for v in self.mean],
-                "std": [float(v) for v in self.std], "thresholds": self.thresholds}
+                "task": self.task, "preprocessing": self.preprocessing.to_dict(), "head": self.head,
+                "head_args": dict(self.head_args), "norm": self.norm, "thresholds": self.thresholds}
 
     @classmethod
     def from_dict(cls, meta: dict[str, Any]) -> "ClassifierInfo":
+        """Read :meth:`to_dict`'s output, or a version 1 entry with flat ``image_size``, ``eval_crop``,
+        ``eval_crop_fraction``, ``mean`` and ``std`` keys."""
         if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
             raise InvalidValueError(f"This checkpoint was written by a newer tresnet-ft (format {meta['format_version']}, "
                              f"this version reads {FORMAT_VERSION}). Fix: upgrade tresnet-ft.")
         values = {k: v for k, v in meta.items() if k != "format_version"}
+        if "preprocessing" not in values and "image_size" in values:
+            values["preprocessing"] = {k: values.pop(k) for k in LEGACY_PREPROCESSING_KEYS if k in values}
         known = {f.name for f in fields(cls)}
-        if set(values) - known or {"arch", "classes", "task", "image_size"} - set(values):
-            raise InvalidValueError(f"Unexpected tresnet-ft checkpoint metadata: unknown keys {sorted(set(values) - known)}, "
-                             f"missing {sorted({'arch', 'classes', 'task', 'image_size'} - set(values))}.")
-        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
+        unknown, missing = sorted(set(values) - known), sorted(set(REQUIRED_KEYS) - set(values))
+        if unknown or missing:
+            raise InvalidValueError(f"Unexpected tresnet-ft checkpoint metadata: unknown keys {unknown}, "
+                                    f"missing {missing}.")
+        values["preprocessing"] = EvalPreprocessing.from_dict(values["preprocessing"])
         return cls(**values)
 
-    def eval_transform(self, output: str = "float"):
+    def eval_transform(self, output: str = "float") -> ImageTransform:
         """The deterministic evaluation transform: RGB ``uint8 [H, W, 3]`` → ``[3, S, S]``.
 
         ``output="float"``: normalised ``float32``; ``"uint8"``: the same resize without scaling
-        (convert batches on the device with ``images_to_float(x, info.mean, info.std)``).
+        (convert batches on the device with ``info.preprocessing.to_float(x)``).
         """
-        from ..data.transforms import TransformConfig, build_transforms
-
-        config = TransformConfig(image_size=self.image_size, eval_crop=self.eval_crop,  # type: ignore[arg-type]
-                                 eval_crop_fraction=self.eval_crop_fraction, mean=self.mean, std=self.std)
-        return build_transforms(config, train=False, output=output)  # type: ignore[arg-type]
+        return eval_transform(self.preprocessing, output=output)  # type: ignore[arg-type]
 
     def decision_thresholds(self, override: Optional[float] = None) -> torch.Tensor:
         """``[K]`` multi-label thresholds: ``override`` for all, else the tuned per-class ones, else 0.5."""

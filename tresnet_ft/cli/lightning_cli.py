@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 from ..training.model_summary import CompactModelSummary
 from ..training.progress import FitReport, ThroughputProgressBar
 from ..training.checkpoint_io import SafeCheckpointIO
+from ..training.lightning_private import LightningCLIWithHooks, parser_option_strings, wandb_is_offline
 from ..data import ImageDataModule
 from ..models.weights import read_checkpoint
 from ..training.module import TResNetClassifier
@@ -51,7 +52,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter)
     """jsonargparse's help, except that a description keeps its line breaks (options, examples)."""
 
 
-class TResNetCLI(LightningCLI):
+class TResNetCLI(LightningCLIWithHooks):
     """Lightning's CLI with the data → model links, so nothing is typed twice."""
 
     @staticmethod
@@ -66,12 +67,13 @@ class TResNetCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as err:
             command = args[0] if isinstance(args, list) and args else None
-            raise _with_suggestion(err, getattr(self, "_subcommand_parsers", {}).get(command, parser)) from None
+            subparser = self.subcommand_parser(command)
+            raise _with_suggestion(err, parser if subparser is None else subparser) from None
 
     def _show_values_as_defaults(self, parser: Any, args: list[str]) -> None:
         """Make ``--help`` list what this command would run with (the recipe, then the user's
         configs and flags) as each option's default, instead of the classes' own defaults."""
-        subparser = getattr(self, "_subcommand_parsers", {}).get(args[0])
+        subparser = self.subcommand_parser(args[0])
         if subparser is None:
             return
         without_help = [arg for arg in args if arg not in HELP_FLAGS]
@@ -90,16 +92,16 @@ class TResNetCLI(LightningCLI):
             subparser.set_defaults(flat)
             return
 
-    def _parse_ckpt_path(self) -> None:
+    def load_checkpoint_hyperparameters(self) -> None:
         # LightningCLI reads --ckpt_path's hyperparameters here (torch.load, weights_only=True); a
         # file it cannot read gets our one-line explanation instead of torch's page-long one.
         try:
-            super()._parse_ckpt_path()
+            super().load_checkpoint_hyperparameters()
         except (pickle.UnpicklingError, RuntimeError, EOFError):
             read_checkpoint(self.config[self.config.subcommand].get("ckpt_path"))  # raises the clear error
             raise
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+    def build_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         # Atomic checkpoint writes and safe reads, unless the user chose plugins. Added here, not
         # as a trainer default, so the saved config.yaml stays plain YAML.
         if config.get("plugins") is None:
@@ -112,15 +114,17 @@ class TResNetCLI(LightningCLI):
         if turned_off:
             defaults = [cb for cb in self.trainer_defaults.get("callbacks", []) if not isinstance(cb, turned_off)]
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": defaults}
-        return super()._instantiate_trainer(config, callbacks)
+        return super().build_trainer(config, callbacks)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         # Known only once the data is described (folder/CSV: by reading the files).
         for key in ("num_classes", "classes", "task"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
-        # How evaluation images are prepared travels with the checkpoint.
-        for key in ("image_size", "eval_crop", "mean", "std"):
-            parser.link_arguments(f"data.{key}", f"model.{key}")
+        # The DataModule's EvalPreprocessing (from --data.image_size, --data.eval_crop, --data.mean,
+        # --data.std), passed as the plain dict the model's hparams keep: Lightning records linked
+        # values in hparams as they arrive, and checkpoints must stay weights_only-readable.
+        parser.link_arguments("data.preprocessing", "model.preprocessing",
+                              compute_fn=lambda preprocessing: preprocessing.to_dict(), apply_on="instantiate")
 
 
 def _with_suggestion(err: argparse.ArgumentError, parser: Any) -> argparse.ArgumentError:
@@ -128,8 +132,7 @@ def _with_suggestion(err: argparse.ArgumentError, parser: Any) -> argparse.Argum
     message = str(err)
     if not message.startswith("unrecognized arguments:"):
         return err
-    # argparse has no public list of a parser's options; this dict is where every one is registered.
-    known = [option for option in parser._option_string_actions if option.startswith("--")]
+    known = [option for option in parser_option_strings(parser) if option.startswith("--")]
     for flag in message.split()[2:]:
         close = difflib.get_close_matches(flag.split("=")[0], known, n=1, cutoff=0.85) if flag.startswith("--") else []
         if close:
@@ -176,5 +179,5 @@ def _report(cli: TResNetCLI, run_name: str) -> None:
         log.info("Run folder: %s", log_dir)
     # The best checkpoint is in FitReport's end-of-fit summary.
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger._offline:
+        if isinstance(logger, WandbLogger) and wandb_is_offline(logger):
             log.info("W&B run saved offline. Upload it with: wandb sync %s", logger.experiment.dir.rsplit("/files", 1)[0])

@@ -15,7 +15,8 @@ from .mixing import BatchMixer
 from .quickstart import QuickstartDataset
 from .quickstart_files import write_quickstart_folder, write_quickstart_table
 from .registry import DATASETS, describe_dataset, load_dataset
-from .transforms import NORMALIZATIONS, TransformConfig, build_transforms, images_to_float
+from .preprocessing import EvalPreprocessing, images_to_float
+from .transforms import TransformConfig, build_transforms
 
 if TYPE_CHECKING:
     from .datamodule import ImageDataModule
@@ -31,10 +32,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DATASETS",
-    "NORMALIZATIONS",
     "BatchMixer",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "EvalPreprocessing",
     "ImageDataModule",
     "ImageFileDataset",
     "InMemoryImageDataset",

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from .base import DatasetInfo, ImageFileDataset, Task
 from .mixing import BatchMixer
 from .registry import check_options, describe_dataset, get_entry, resolve_root
-from .transforms import EvalCrop, TrainCrop, TransformConfig, build_transforms, images_to_float
+from .preprocessing import EvalCrop, EvalPreprocessing
+from .transforms import TrainCrop, TransformConfig, build_transforms
 from .unreadable import UnreadableLog
 from .workers import default_num_workers, single_threaded_opencv
 from ..errors import InvalidValueError
@@ -32,6 +33,15 @@ log = logging.getLogger(__name__)
 
 def _remove_file(path: str) -> None:
     Path(path).unlink(missing_ok=True)
+
+
+def _check_arguments(dataset: str, batch_size: int, num_workers: int | None) -> None:
+    """Fail at construction on what no loader could use (the dataset's own options come later)."""
+    get_entry(dataset)  # an unknown name raises, listing the known ones
+    if batch_size < 1:
+        raise InvalidValueError(f"Expected batch_size to be a positive integer, but got {batch_size}.")
+    if num_workers is not None and num_workers < 0:
+        raise InvalidValueError(f"Expected num_workers to be None (automatic) or >= 0, but got {num_workers}.")
 
 
 class TransformedDataset(Dataset):
@@ -56,7 +66,7 @@ class ImageDataModule(pl.LightningDataModule):
             ``folder``, ``csv``, ``jsonl``, ``quickstart``, ``quickstart_multilabel``).
         root: data root for named datasets (default ``$TRESNET_FT_DATA`` or
             ``~/.cache/tresnet-ft/datasets``); your folder or CSV/JSONL file for the others.
-        image_size: training and evaluation resolution ``S``.
+        image_size: training and evaluation resolution ``S`` (a multiple of 32).
         batch_size: images per batch.
         num_workers: loader processes per training process; None divides this machine's cores
             among its training processes (one per device), minus one each for the training
@@ -66,7 +76,9 @@ class ImageDataModule(pl.LightningDataModule):
             dataset's default (CIFAR/Cars: the official test set; folder/CSV: 0.1).
         seed: holdout seed.
         train_crop, crop_scale, hflip, randaugment_ops, randaugment_magnitude, cutout,
-            cutout_size, eval_crop: see :class:`~tresnet_ft.data.transforms.TransformConfig`.
+            cutout_size: see :class:`~tresnet_ft.data.transforms.TransformConfig`.
+        eval_crop: ``squish`` or ``center_crop``; with ``image_size``, ``mean`` and ``std`` it makes
+            :attr:`preprocessing` (:class:`~tresnet_ft.data.preprocessing.EvalPreprocessing`).
         mean, std: per-backbone normalisation in [0, 1] units (TResNet: 0 and 1, i.e. none).
         mixup_alpha, cutmix_alpha, mix_prob, mix_switch_prob: batch mixing for single-label
             training (off by default); targets become ``[B, K]`` probabilities when on.
@@ -107,18 +119,15 @@ class ImageDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        get_entry(dataset)  # fail early on an unknown name
-        if batch_size < 1:
-            raise InvalidValueError(f"Expected batch_size to be a positive integer, but got {batch_size}.")
-        self.dataset_name = dataset
-        self.root = root
-        self.batch_size = batch_size
-        if num_workers is not None and num_workers < 0:
-            raise InvalidValueError(f"Expected num_workers to be None (automatic) or >= 0, but got {num_workers}.")
+        _check_arguments(dataset, batch_size, num_workers)
+        self.dataset_name, self.root, self.batch_size = dataset, root, batch_size
         self._num_workers = num_workers
         self.options = self._dataset_options(dataset_options, val_fraction, seed)
+        preprocessing = EvalPreprocessing(
+            image_size=image_size, eval_crop=eval_crop, mean=tuple(mean), std=tuple(std)
+        )
         self.transform_config = TransformConfig(
-            image_size=image_size,
+            preprocessing=preprocessing,
             train_crop=train_crop,
             crop_scale=tuple(crop_scale),
             hflip=hflip,
@@ -126,21 +135,12 @@ class ImageDataModule(pl.LightningDataModule):
             randaugment_magnitude=randaugment_magnitude,
             cutout=cutout,
             cutout_size=cutout_size,
-            eval_crop=eval_crop,
-            mean=tuple(mean),
-            std=tuple(std),
         )
         self.mix_settings = dict(
-            mixup_alpha=mixup_alpha,
-            cutmix_alpha=cutmix_alpha,
-            prob=mix_prob,
-            switch_prob=mix_switch_prob,
+            mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mix_prob, switch_prob=mix_switch_prob
         )
-        self.pin_memory, self.persistent_workers, self.download = (
-            pin_memory,
-            persistent_workers,
-            download,
-        )
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
+        self.download = download
         self.predict_split = predict_split
         self.datasets: dict[str, Dataset] = {}
         self._info: DatasetInfo | None = None
@@ -156,6 +156,11 @@ class ImageDataModule(pl.LightningDataModule):
         return default_num_workers(trainer.num_devices if trainer is not None else 1)
 
     # -- what the model needs to know before it is built -------------------------------------
+
+    @property
+    def preprocessing(self) -> EvalPreprocessing:
+        """How evaluation images are prepared; the model keeps it and its checkpoints store it."""
+        return self.transform_config.preprocessing
 
     @property
     def info(self) -> DatasetInfo:
@@ -240,7 +245,7 @@ class ImageDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """On the device: uint8 → normalised float32, then mixup/cutmix for training batches."""
         images, targets = batch
-        images = images_to_float(images, self.transform_config.mean, self.transform_config.std)
+        images = self.preprocessing.to_float(images)
         trainer = self.trainer
         if trainer is not None and trainer.training and self.mixer is not None:
             images, targets = self.mixer(images, targets)
@@ -279,10 +284,8 @@ class ImageDataModule(pl.LightningDataModule):
         return dataset
 
     def _min_decode_size(self, split: str) -> int:
-        config = self.transform_config
-        if split != "train" and config.eval_crop == "center_crop":
-            return round(config.image_size / config.eval_crop_fraction)
-        return config.image_size
+        # The random train crop may take any part of the image at S: it needs S pixels per side.
+        return self.preprocessing.image_size if split == "train" else self.preprocessing.decode_size
 
     def _transform(self, split: str) -> Any:
         return build_transforms(self.transform_config, train=split == "train", output="uint8")

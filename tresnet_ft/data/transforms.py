@@ -2,13 +2,14 @@
 
 Train: random-resized crop (or squish-resize + random crop, or plain squish), horizontal flip, a
 RandAugment-style policy (``N`` ops drawn from :func:`randaugment_ops`, strength ``M`` of 30),
-and Cutout (CoarseDropout). Eval: squish-resize to the target square (the TResNet authors report
-that a center crop hurts Cars), or resize + center crop as an option.
+and Cutout (CoarseDropout). Eval: what :class:`~tresnet_ft.data.preprocessing.EvalPreprocessing`
+says: squish-resize to the target square (the TResNet authors report that a center crop hurts
+Cars), or resize + center crop as an option.
 
 Output: ``[3, H, W]``, either ``float32`` (``output="float"``: ``x / 255``, then ``(x - mean) /
 std``) or ``uint8`` (``output="uint8"``: 4x fewer bytes through the loader; convert on the device
-with :func:`images_to_float`). TResNet takes RGB in ``[0, 1]`` with no mean/std, so the default
-normalisation is the identity; other backbones pass theirs (see :data:`NORMALIZATIONS`).
+with :meth:`EvalPreprocessing.to_float`). TResNet takes RGB in ``[0, 1]`` with no mean/std, so the
+default normalisation is the identity.
 """
 
 from __future__ import annotations
@@ -22,45 +23,36 @@ import cv2
 import numpy as np
 import torch
 from ..errors import InvalidValueError
+from .preprocessing import EvalPreprocessing, images_to_float
+
+# images_to_float lives in preprocessing.py; it stays importable from here for older code.
+__all__ = ["ImageTransform", "TransformConfig", "build_transforms", "eval_ops", "eval_transform",
+           "images_to_float", "randaugment_ops", "train_stages"]
 
 TrainCrop = Literal["random_resized_crop", "squish_random_crop", "squish"]
-EvalCrop = Literal["squish", "center_crop"]
 Output = Literal["float", "uint8"]
 
-# mean and std in [0, 1] units, per backbone family; TResNet was trained without normalisation.
-NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "tresnet": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
 FILL = 128  # grey for pixels that geometric ops uncover, as in the original RandAugment code
 MAX_MAGNITUDE = 30  # RandAugment's magnitude scale
+CROP_RATIO = (3 / 4, 4 / 3)  # aspect range of the random-resized crop (the Inception/timm default)
+SQUISH_MARGIN = 0.125  # squish_random_crop: resize to S*(1+margin), then crop S
 
 
 @dataclass(frozen=True)
 class TransformConfig:
-    """Augmentation and preprocessing settings (all resolutions work: 224, 368, 448, ...)."""
+    """Training augmentation, plus the evaluation preprocessing whose side ``S`` both pipelines use
+    (all multiples of 32 work: 224, 384, 448, ...)."""
 
-    image_size: int = 224  # output side S
+    preprocessing: EvalPreprocessing = EvalPreprocessing()  # output side S, eval resize, mean/std
     train_crop: TrainCrop = "random_resized_crop"
     crop_scale: tuple[float, float] = (0.25, 1.0)  # area range of the random-resized crop
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect range of the random-resized crop
-    squish_margin: float = 0.125  # squish_random_crop: resize to S*(1+margin), then crop S
     hflip: float = 0.5  # probability of a horizontal flip
     randaugment_ops: int = 2  # N ops per image; 0 turns the policy off
     randaugment_magnitude: float = 9  # M in [0, 30]: the strongest each op may get
     cutout: float = 0.5  # probability of one Cutout hole; 0 turns it off
     cutout_size: float = 0.5  # hole side as a fraction of S (the ASL recipe's cutout factor)
-    train_antialias: bool = False  # area resampling when the train crop shrinks (slow; see below)
-    eval_crop: EvalCrop = "squish"
-    eval_crop_fraction: float = 0.875  # center_crop: resize the short side to S/fraction first
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # in [0, 1] units
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __post_init__(self) -> None:
-        if self.image_size < 8:
-            raise InvalidValueError(
-                f"Expected image_size of at least 8 pixels, but got {self.image_size}."
-            )
         if not 0 <= self.randaugment_magnitude <= MAX_MAGNITUDE:
             raise InvalidValueError(
                 f"Expected randaugment_magnitude in [0, {MAX_MAGNITUDE}], but got {self.randaugment_magnitude}."
@@ -70,8 +62,11 @@ class TransformConfig:
                 raise InvalidValueError(
                     f"Expected {name} to be a probability in [0, 1], but got {getattr(self, name)}."
                 )
-        if min(self.std) <= 0:
-            raise InvalidValueError(f"Expected a positive std per channel, but got {self.std}.")
+
+    @property
+    def image_size(self) -> int:
+        """The output side ``S`` of both pipelines (the preprocessing owns it)."""
+        return self.preprocessing.image_size
 
 
 def randaugment_ops(magnitude: float) -> list[A.BasicTransform]:
@@ -135,42 +130,29 @@ def train_stages(config: TransformConfig) -> tuple[list, list, list]:
     return resize, policy, finish
 
 
-def eval_ops(config: TransformConfig) -> list[A.BasicTransform]:
+def eval_ops(preprocessing: EvalPreprocessing) -> list[A.BasicTransform]:
     """The evaluation pipeline's albumentations steps: squish, or resize + center crop."""
-    size = config.image_size
-    if config.eval_crop == "squish":
-        return [A.Resize(size, size, area_for_downscale="image")]
-    if config.eval_crop == "center_crop":
-        short_side = round(size / config.eval_crop_fraction)
+    size = preprocessing.image_size
+    if preprocessing.eval_crop == "center_crop":
         return [
-            A.SmallestMaxSize(max_size=short_side, area_for_downscale="image"),
+            A.SmallestMaxSize(max_size=preprocessing.resize_side, area_for_downscale="image"),
             A.CenterCrop(size, size),
         ]
-    raise InvalidValueError(
-        f"Expected eval_crop to be 'squish' or 'center_crop', but got {config.eval_crop!r}."
-    )
+    return [A.Resize(size, size, area_for_downscale="image")]
 
 
 def _train_resize(config: TransformConfig) -> list[A.BasicTransform]:
-    # Area resampling avoids aliasing when shrinking but costs ~6x more than bilinear for
-    # fractional factors (0.9 vs 0.14 ms per 500 px photo). The loader already decodes large
-    # JPEGs at 1/2, 1/4 or 1/8 scale, so the crop rarely shrinks by more than 2x: bilinear.
+    # Bilinear, not area resampling: area avoids aliasing when shrinking but costs ~6x more for
+    # fractional factors (0.9 vs 0.14 ms per 500 px photo), and the loader already decodes large
+    # JPEGs at 1/2, 1/4 or 1/8 scale, so the crop rarely shrinks by more than 2x.
     size = config.image_size
-    area = "image" if config.train_antialias else None
     if config.train_crop == "random_resized_crop":
-        return [
-            A.RandomResizedCrop(
-                (size, size),
-                scale=config.crop_scale,
-                ratio=config.crop_ratio,
-                area_for_downscale=area,
-            )
-        ]
+        return [A.RandomResizedCrop((size, size), scale=config.crop_scale, ratio=CROP_RATIO)]
     if config.train_crop == "squish_random_crop":
-        padded = round(size * (1 + config.squish_margin))
-        return [A.Resize(padded, padded, area_for_downscale=area), A.RandomCrop(size, size)]
+        padded = round(size * (1 + SQUISH_MARGIN))
+        return [A.Resize(padded, padded), A.RandomCrop(size, size)]
     if config.train_crop == "squish":
-        return [A.Resize(size, size, area_for_downscale=area)]
+        return [A.Resize(size, size)]
     raise InvalidValueError(
         f"Expected train_crop to be one of 'random_resized_crop', 'squish_random_crop', 'squish', "
         f"but got {config.train_crop!r}."
@@ -214,7 +196,7 @@ class ImageTransform:
         chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         if self.output == "uint8":
             return chw  # a view; the batch collation makes it contiguous
-        return images_to_float(chw, self.config.mean, self.config.std)
+        return self.config.preprocessing.to_float(chw)
 
     def __repr__(self) -> str:
         return f"ImageTransform(output={self.output!r}, resize={self.resize!r}, policy={self.policy!r}, finish={self.finish!r})"
@@ -232,7 +214,8 @@ def build_transforms(
         config: settings; defaults to ``TransformConfig()``.
         train: the augmenting training pipeline (True) or the deterministic eval one (False).
         output: ``"float"`` for ``float32 [3, S, S]`` normalised, ``"uint8"`` for ``uint8 [3, S, S]``.
-        **overrides: fields of :class:`TransformConfig` to change, e.g. ``image_size=448``.
+        **overrides: fields of :class:`TransformConfig` or of its
+            :class:`~tresnet_ft.data.preprocessing.EvalPreprocessing` to change, e.g. ``image_size=448``.
 
     Example:
         >>> transform = build_transforms(train=False, image_size=448)
@@ -240,29 +223,25 @@ def build_transforms(
         torch.Size([3, 448, 448])
     """
     config = config or TransformConfig()
-    known = {field.name for field in fields(TransformConfig)}
-    unknown = sorted(set(overrides) - known)
+    train_names = {field.name for field in fields(TransformConfig)} - {"preprocessing"}
+    eval_names = {field.name for field in fields(EvalPreprocessing)}
+    unknown = sorted(set(overrides) - train_names - eval_names)
     if unknown:
-        raise InvalidValueError(f"Unknown transform settings {unknown}; expected some of {sorted(known)}.")
-    config = replace(config, **overrides)
-    stages = train_stages(config) if train else (eval_ops(config), [], [])
-    return ImageTransform(*stages, config=config, output=output)
+        raise InvalidValueError(
+            f"Unknown transform settings {unknown}; expected some of {sorted(train_names | eval_names)}."
+        )
+    preprocessing = replace(config.preprocessing, **{k: v for k, v in overrides.items() if k in eval_names})
+    if not train:
+        return eval_transform(preprocessing, output)
+    config = replace(config, preprocessing=preprocessing, **{k: v for k, v in overrides.items() if k in train_names})
+    return ImageTransform(*train_stages(config), config=config, output=output)
 
 
-def images_to_float(
-    images: torch.Tensor,
-    mean: Sequence[float] = (0.0, 0.0, 0.0),
-    std: Sequence[float] = (1.0, 1.0, 1.0),
-) -> torch.Tensor:
-    """``uint8`` images ``[..., 3, H, W]`` → ``float32`` ``(x / 255 - mean) / std``, same shape.
+def eval_transform(preprocessing: EvalPreprocessing, output: Output = "float") -> ImageTransform:
+    """The deterministic evaluation transform: RGB ``uint8 [H, W, 3]`` → ``[3, S, S]``.
 
-    Runs wherever ``images`` is: call it after moving a uint8 batch to the GPU. With the TResNet
-    default (mean 0, std 1) it is just ``x / 255``.
+    ``output="float"``: ``float32``, scaled and normalised; ``"uint8"``: the same resize without
+    scaling (convert batches on the device with :meth:`EvalPreprocessing.to_float`).
     """
-    out = images.float().div_(255.0)
-    if any(mean) or any(value != 1.0 for value in std):
-        shape = (3, 1, 1)
-        mean_t = torch.as_tensor(mean, dtype=out.dtype, device=out.device).view(shape)
-        std_t = torch.as_tensor(std, dtype=out.dtype, device=out.device).view(shape)
-        out = out.sub_(mean_t).div_(std_t)
-    return out
+    config = TransformConfig(preprocessing=preprocessing)  # ImageTransform reads S and mean/std from it
+    return ImageTransform(eval_ops(preprocessing), [], [], config=config, output=output)

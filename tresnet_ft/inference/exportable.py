@@ -10,13 +10,11 @@ logits ``float32 [B, K]`` (softmax for single-label, sigmoid for multi-label).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
 from ..classifier.checkpoint import ClassifierInfo
-from ..data.transforms import images_to_float
+from ..data.preprocessing import EvalPreprocessing
 from ..errors import InvalidValueError
 
 INPUT_DTYPES = ("float32", "uint8")
@@ -25,12 +23,12 @@ INPUT_DTYPES = ("float32", "uint8")
 class Uint8Input(nn.Module):
     """``uint8 [B, 3, S, S]`` RGB → ``(x / 255 - mean) / std`` → ``model`` → logits ``[B, K]``."""
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, model: nn.Module, preprocessing: EvalPreprocessing) -> None:
         super().__init__()
-        self.model, self.mean, self.std = model, tuple(mean), tuple(std)
+        self.model, self.preprocessing = model, preprocessing
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images_to_float(images, self.mean, self.std))
+        return self.model(self.preprocessing.to_float(images))
 
 
 def exportable_model(model: nn.Module, info: ClassifierInfo, input_dtype: str) -> nn.Module:
@@ -38,7 +36,7 @@ def exportable_model(model: nn.Module, info: ClassifierInfo, input_dtype: str) -
     if input_dtype not in INPUT_DTYPES:
         raise InvalidValueError(f"Expected input_dtype to be one of {list(INPUT_DTYPES)}, but got {input_dtype!r}.")
     model = model.eval()
-    return Uint8Input(model, info.mean, info.std).eval() if input_dtype == "uint8" else model
+    return Uint8Input(model, info.preprocessing).eval() if input_dtype == "uint8" else model
 
 
 def sample_batch(info: ClassifierInfo, batch_size: int, input_dtype: str, seed: int = 0) -> torch.Tensor:
@@ -47,4 +45,4 @@ def sample_batch(info: ClassifierInfo, batch_size: int, input_dtype: str, seed: 
     generator = torch.Generator().manual_seed(seed)
     size = (batch_size, 3, info.image_size, info.image_size)
     pixels = torch.randint(0, 256, size, generator=generator, dtype=torch.uint8)
-    return pixels if input_dtype == "uint8" else images_to_float(pixels, info.mean, info.std)
+    return pixels if input_dtype == "uint8" else info.preprocessing.to_float(pixels)

@@ -28,12 +28,7 @@ from .inputs import list_image_paths
 from ..data.workers import default_num_workers
 from .loading import load_fused_classifier
 from .rows import OUTPUT_SUFFIXES, PredictionWriter, thresholded_rows, top_k_rows
-from .stream import (
-    FloatInput,
-    ImageBatchStream,
-    decode_size,
-    make_batch_loader,
-)
+from .stream import FloatInput, ImageBatchStream, make_batch_loader
 from ..errors import InvalidValueError
 
 log = logging.getLogger(__name__)
@@ -125,10 +120,11 @@ def _run(classifier: LoadedClassifier, paths: list[str], summary: PredictSummary
          threshold: float | None, batch_size: int, workers: int, device: torch.device,
          progress: bool) -> None:
     info = classifier.info
-    stream = ImageBatchStream(paths, info.eval_transform(output="uint8"), info.image_size, batch_size, decode_size(info))
+    stream = ImageBatchStream(paths, info.eval_transform(output="uint8"), info.image_size, batch_size,
+                              info.preprocessing.decode_size)
     loader = make_batch_loader(stream, workers, pin_memory=device.type == "cuda")
     thresholds = info.decision_thresholds(threshold)
-    to_float = FloatInput(batch_size, info.image_size, info.mean, info.std, device)
+    to_float = FloatInput(batch_size, info.preprocessing, device)
     bar = tqdm(total=len(paths), unit="img", desc="predict", disable=not progress)
     with torch.inference_mode(), PredictionWriter(summary.output, info.task, top_k) as writer, bar:
         for batch in loader:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..classifier.checkpoint import ClassifierInfo
 
 SIDECAR_SUFFIX = ".json"
@@ -49,18 +49,20 @@ def write_sidecar(model_path: Path, metadata: dict[str, Any]) -> Path:
 
 
 def _preprocessing(info: ClassifierInfo, input_dtype: str) -> dict[str, Any]:
-    size = info.image_size
-    if info.eval_crop == "center_crop":
-        short_side = round(size / info.eval_crop_fraction)
-        resize = (f"resize the shorter side to {short_side} keeping the aspect ratio, then crop the "
-                  f"central {size}x{size}")
+    """The checkpoint's :class:`EvalPreprocessing` settings, plus each step in words."""
+    preprocessing = info.preprocessing
+    size = preprocessing.image_size
+    if preprocessing.eval_crop == "center_crop":
+        resize = (f"resize the shorter side to {preprocessing.resize_side} keeping the aspect ratio, then "
+                  f"crop the central {size}x{size}")
     else:
         resize = f"resize to {size}x{size} ignoring the aspect ratio (squish, no crop)"
     steps = "done inside the model" if input_dtype == "uint8" else "done by the caller"
+    settings = preprocessing.to_dict()
+    del settings["image_size"]  # the sidecar's top level and input shape say it already
     return {
-        "resize": resize, "eval_crop": info.eval_crop, "eval_crop_fraction": info.eval_crop_fraction,
+        "resize": resize, **settings,
         "interpolation": "area when shrinking, bilinear when enlarging (OpenCV INTER_AREA / INTER_LINEAR)",
-        "mean": [float(v) for v in info.mean], "std": [float(v) for v in info.std],
         "normalisation": f"x = (pixels / 255 - mean) / std per channel ({steps})",
     }
 

@@ -24,20 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from ..classifier.checkpoint import ClassifierInfo
 from ..data.images import UnreadableImageError, read_image
+from ..data.preprocessing import EvalPreprocessing
 from ..data.workers import single_threaded_opencv
 from ..errors import InvalidValueError
 
 Batch = dict[str, Any]  # images: uint8 [B, 3, S, S]; paths: [B] str; unreadable: [(path, reason)]
-
-
-def decode_size(info: ClassifierInfo) -> int:
-    """The smallest side a JPEG may be decoded down to without changing the eval transform's input
-    (the same rule as the DataModule's validation loader, so predictions match validation)."""
-    if info.eval_crop == "center_crop":
-        return round(info.image_size / info.eval_crop_fraction)
-    return info.image_size
 
 
 class ImageBatchStream(IterableDataset):
@@ -48,7 +40,9 @@ class ImageBatchStream(IterableDataset):
         transform: RGB ``uint8 [H, W, 3]`` → ``uint8 [3, S, S]`` (``info.eval_transform(output="uint8")``).
         image_size: ``S`` of the batch tensor.
         batch_size: paths per batch (readable or not).
-        min_decode_size: let JPEGs decode at 1/2..1/8 scale while both sides stay at least this.
+        min_decode_size: let JPEGs decode at 1/2..1/8 scale while both sides stay at least this
+            (``preprocessing.decode_size``: the DataModule's validation loader uses the same, so
+            predictions match validation).
     """
 
     def __init__(self, paths: Sequence[str], transform: Callable[[np.ndarray], torch.Tensor],
@@ -87,22 +81,18 @@ class ImageBatchStream(IterableDataset):
 
 
 class FloatInput:
-    """Turns ``uint8 [n, 3, S, S]`` batches into the model's ``float32`` input, ``(x / 255 - mean) / std``,
-    written into one buffer ``[batch_size, 3, S, S]`` (channels_last, the fused model's layout) that
-    is reused for every batch. The returned view is valid until the next call."""
+    """Turns ``uint8 [n, 3, S, S]`` batches into the model's ``float32`` input
+    (:meth:`EvalPreprocessing.to_float`), written into one buffer ``[batch_size, 3, S, S]``
+    (channels_last, the fused model's layout) that is reused for every batch. The returned view is
+    valid until the next call."""
 
-    def __init__(self, batch_size: int, image_size: int, mean: Sequence[float], std: Sequence[float],
-                 device: torch.device) -> None:
-        self.buffer = torch.empty(batch_size, 3, image_size, image_size, device=device,
-                                  memory_format=torch.channels_last)
-        self.normalise = any(mean) or any(value != 1.0 for value in std)  # TResNet: neither
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    def __init__(self, batch_size: int, preprocessing: EvalPreprocessing, device: torch.device) -> None:
+        size = preprocessing.image_size
+        self.buffer = torch.empty(batch_size, 3, size, size, device=device, memory_format=torch.channels_last)
+        self.preprocessing = preprocessing
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.buffer[: len(images)]
-        out.copy_(images, non_blocking=True).div_(255.0)
-        return out.sub_(self.mean).div_(self.std) if self.normalise else out
+        return self.preprocessing.to_float(images, out=self.buffer[: len(images)])
 
 
 def make_batch_loader(stream: ImageBatchStream, num_workers: int, pin_memory: bool = False) -> DataLoader:

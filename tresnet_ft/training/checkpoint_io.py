@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..models.weights import read_checkpoint
 from ..errors import InvalidValueError, MissingInputError
+
+# What a checkpoint path may be; our own alias, as Lightning's (``_PATH``) is private.
+CheckpointPath = str | os.PathLike
 
 LIGHTNING_VERSION_KEY = (
     "pytorch-lightning_version"  # in every checkpoint Lightning writes
@@ -79,7 +81,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self,
         checkpoint: dict[str, Any],
-        path: _PATH,
+        path: CheckpointPath,
         storage_options: Any | None = None,
     ) -> None:
         if storage_options is not None or "://" in str(path):
@@ -89,7 +91,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(
         self,
-        path: _PATH,
+        path: CheckpointPath,
         map_location: Callable | None = None,
         weights_only: bool | None = None,
     ) -> dict[str, Any]:

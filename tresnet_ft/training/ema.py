@@ -23,11 +23,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
+from lightning.pytorch.callbacks import WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from .lightning_private import EMAWeightAveragingWithHooks
 
-class FusedEMAWeightAveraging(EMAWeightAveraging):
+
+class FusedEMAWeightAveraging(EMAWeightAveragingWithHooks):
     """:class:`~lightning.pytorch.callbacks.EMAWeightAveraging` whose update makes no host syncs
     and runs one multi-tensor op over all parameters and buffers.
 
@@ -49,27 +51,13 @@ class FusedEMAWeightAveraging(EMAWeightAveraging):
         super().__init__(decay=decay, **kwargs)
         self.decay = decay
         # Lightning passes ``avg_fn`` to ``AveragedModel``; give it the multi-tensor form, so a
-        # direct ``_average_model.update_parameters`` call still averages the same way.
-        self._kwargs.pop("avg_fn", None)
-        self._kwargs["multi_avg_fn"] = get_ema_multi_avg_fn(decay)
-        # The number of updates of the current ``_average_model``, kept on the host: it mirrors
+        # direct ``average_model.update_parameters`` call still averages the same way.
+        averaging_kwargs = self.averaging_kwargs
+        averaging_kwargs.pop("avg_fn", None)
+        averaging_kwargs["multi_avg_fn"] = get_ema_multi_avg_fn(decay)
+        # The number of updates of the current ``average_model``, kept on the host: it mirrors
         # the device's ``n_averaged`` so that nothing has to read that one per step.
         self._updates_made = 0
-
-    # The overrides below are Lightning's two update hooks with one line changed: they call
-    # ``_update_average`` instead of ``self._average_model.update_parameters`` (which syncs).
-    # The schedule conditions and the ``_latest_update_*`` bookkeeping are Lightning's own.
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        step_idx = trainer.global_step - 1  # a Python int: global_step counts optimizer steps
-        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):
-            self._update_average(pl_module)
-            self._latest_update_step = trainer.global_step
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch > self._latest_update_epoch and self.should_update(epoch_idx=trainer.current_epoch):
-            self._update_average(pl_module)
-            self._latest_update_epoch = trainer.current_epoch
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -79,21 +67,23 @@ class FusedEMAWeightAveraging(EMAWeightAveraging):
             # validate/test after fit, on the same Trainer: the module already holds the averaged
             # weights (or those of --ckpt_path, e.g. best.ckpt, which has no average of its own);
             # Lightning would swap the fit's final average in at validation and score that instead.
-            self._average_model = None
+            self.average_model = None
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        if self._average_model is None:  # not fitting: the weights are used as saved, nothing to restore
+        if self.average_model is None:  # not fitting: the weights are used as saved, nothing to restore
             return
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
-        self._updates_made = int(self._average_model.n_averaged)  # one read per resume, not per step
+        self._updates_made = int(self.average_model.n_averaged)  # one read per resume, not per step
 
+    # Lightning's update hooks (copied in the adapter, schedule and bookkeeping unchanged) call
+    # this instead of ``AveragedModel.update_parameters``, which syncs and runs per tensor.
     @torch.no_grad()
-    def _update_average(self, pl_module: pl.LightningModule) -> None:
+    def update_average(self, pl_module: pl.LightningModule) -> None:
         """Update the average from ``pl_module`` as ``AveragedModel.update_parameters`` does with
         an EMA, without reading device values on the host."""
-        assert self._average_model is not None
-        average = self._average_model
+        average = self.average_model
+        assert average is not None
         first = self._updates_made == 0  # the first update takes the weights as they are
         for (_, _, blend), (avg_tensors, model_tensors) in _group_tensors(average.module, pl_module,
                                                                           average.use_buffers).items():

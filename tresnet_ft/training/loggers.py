@@ -15,10 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
 from ..errors import InvalidValueError
+from .lightning_private import CSVLoggerWithHooks, ExperimentWriterWithHooks
 from .runs import next_version
 
 log = logging.getLogger(__name__)
@@ -89,15 +87,15 @@ def logger_config(names: list[str], run_name: str, runs_dir: Path | None = None,
     return json.dumps(entries)
 
 
-class _ContinuingWriter(ExperimentWriter):
+class _ContinuingWriter(ExperimentWriterWithHooks):
     """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued, not deleted.
 
     At the first save, rows of the earlier attempt from the first step now being logged onward
     are dropped: those steps ran after the checkpoint the run resumed from and are run again.
     """
 
-    def _check_log_dir_exists(self) -> None:  # called by __init__; the base deletes metrics.csv
-        self._continues = self._fs.isfile(self.metrics_file_path)
+    def prepare_log_dir(self) -> None:  # called by __init__; the base deletes metrics.csv
+        self._continues = self.filesystem.isfile(self.metrics_file_path)
 
     def save(self) -> None:
         if self._continues and self.metrics:
@@ -106,12 +104,12 @@ class _ContinuingWriter(ExperimentWriter):
         super().save()
 
     def _drop_rows_from(self, first_step: int) -> None:
-        with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+        with self.filesystem.open(self.metrics_file_path, "r", newline="") as handle:
             reader = csv.DictReader(handle)
             keys, rows = list(reader.fieldnames or []), list(reader)
         kept = [row for row in rows if _step(row) < first_step]
         self.metrics_keys = sorted(set(keys) | set(self.metrics_keys))
-        with self._fs.open(self.metrics_file_path, "w", newline="") as handle:
+        with self.filesystem.open(self.metrics_file_path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=self.metrics_keys)
             writer.writeheader()
             writer.writerows(kept)
@@ -127,7 +125,7 @@ def _step(row: dict[str, str]) -> float:
         return float("-inf")
 
 
-class ResumableCSVLogger(CSVLogger):
+class ResumableCSVLogger(CSVLoggerWithHooks):
     """Lightning's :class:`~lightning.pytorch.loggers.CSVLogger` for runs that may be resumed.
 
     * Rows are flushed to ``metrics.csv`` whenever a checkpoint is written, so the file holds
@@ -136,13 +134,8 @@ class ResumableCSVLogger(CSVLogger):
       dropping only the rows of steps that are run again.
     """
 
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
-        return self._experiment
+    def make_writer(self, log_dir: str) -> _ContinuingWriter:
+        return _ContinuingWriter(log_dir=log_dir)
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         self.save()

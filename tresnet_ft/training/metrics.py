@@ -1,73 +1,148 @@
-"""Classification metrics, built from torchmetrics ``Metric`` classes so DDP synchronises them.
+"""Classification metrics as plain functions: the one implementation behind every logged value.
 
-Single-label (``single_label_metrics``), from scores ``[N, K]`` (logits or probabilities) and
-integer labels ``[N]``:
+Each metric is split, torchmetrics-style, into an *update* step that turns one batch into counts
+(which add up over batches and over processes) and a *reduce* step that turns summed counts into
+scores. :class:`~tresnet_ft.training.evaluation.EvaluationAccumulator` keeps the counts of one
+evaluation pass and synchronises them once; nothing here knows about processes.
 
-- ``top1``, ``top5``: micro accuracy, the number papers report (``top5`` only when ``K > 5``).
-- ``macro_accuracy``: mean of the per-class accuracies.
-- ``per_class_accuracy``: ``[K]``; ``confusion_matrix``: ``[K, K]`` (rows are true classes).
+Single-label, from probabilities (or logits) ``[N, K]`` and integer labels ``[N]``:
 
-Multi-label (``multilabel_metrics``), from probabilities ``[N, K]`` and {0, 1} targets ``[N, K]``:
+- update: :func:`confusion_counts` (``[K, K]``, rows are true classes) and :func:`top_k_hits`;
+- reduce: :func:`single_label_scores`: ``top1`` (micro accuracy, the number papers report),
+  ``top5`` (given hits; only meaningful when ``K > 5``), ``macro_accuracy`` (torchmetrics' rule: a
+  class neither present nor predicted is left out) and ``per_class_accuracy``.
 
-- ``mAP``: macro average precision over the classes that have positives. Classes without
-  positives have no defined AP; they are listed in
-  :attr:`MultilabelMeanAveragePrecision.classes_without_positives` and a warning is logged,
-  rather than being averaged in as 0 or 1.
-- ``per_class_ap``: ``[K]``, NaN for classes without positives.
-- ``f1_micro``/``f1_macro``, ``precision_*``, ``recall_*`` at ``threshold``. These are
-  torchmetrics' own: their macro averages include every class, so a class with neither
-  positives nor predictions counts as 0.
+Multi-label, from probabilities and {0, 1} targets ``[N, K]``:
 
-Pass probabilities to the multi-label metrics: torchmetrics applies a sigmoid only when a batch
-has values outside [0, 1], so a batch of logits that happens to lie in [0, 1] would be read as
-probabilities. Threshold tuning lives in :mod:`tresnet_ft.thresholds` and is re-exported here.
+- :func:`threshold_counts` (true positives, false positives, false negatives per class at a
+  threshold) reduced by :func:`threshold_scores` to F1, precision and recall, micro and macro.
+  Macro averages include every class, so a class with neither positives nor predictions counts as
+  0 (torchmetrics' multi-label rule).
+- :func:`average_precision_per_class`: needs a global sort, so it takes every score, or a
+  histogram of them through ``weights`` (:func:`score_histogram`, :func:`histogram_table`);
+  :func:`mean_over_classes_with_positives` gives the mAP, leaving out (and naming in a warning)
+  the classes without positives rather than counting them as 0 or 1.
+
+Update steps never read device data on the host (no ``.item()``, no data-dependent shapes), so
+they cost no GPU synchronisation. Threshold tuning lives in :mod:`tresnet_ft.classifier.thresholds`.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MultilabelF1Score,
-    MultilabelPrecision,
-    MultilabelRecall,
-)
-from torchmetrics.utilities.data import dim_zero_cat
 
-from ..classifier.thresholds import Thresholds, tune_thresholds
 from ..errors import InvalidValueError
 
 logger = logging.getLogger(__name__)
 
 _MAX_CLASSES_IN_WARNING = 20
-_THRESHOLD_METRICS = {
-    "f1": MultilabelF1Score,
-    "precision": MultilabelPrecision,
-    "recall": MultilabelRecall,
-}
+# Scores are binned in logit space, where a confident model's scores spread out (in probability
+# they pile up next to 0 and 1). float32 probabilities round to 1 beyond a logit of ~16.6, so
+# nothing is lost by sending scores further out to the end bins.
+LOGIT_BOUND = 16.0
 
 
-def _check_multilabel(
-    scores: torch.Tensor, targets: torch.Tensor, num_classes: int | None = None
-) -> None:
-    expected_k = "K" if num_classes is None else str(num_classes)
-    if scores.ndim != 2 or (num_classes is not None and scores.shape[1] != num_classes):
-        raise InvalidValueError(
-            f"Expected scores of shape [N, {expected_k}], but got {list(scores.shape)}."
-        )
-    if targets.shape != scores.shape:
-        raise InvalidValueError(
-            f"Expected targets of shape [N, {expected_k}] matching scores {list(scores.shape)}, "
-            f"but got {list(targets.shape)}."
-        )
+# -- single-label -------------------------------------------------------------------------------
 
 
-def average_precision_per_class(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def confusion_counts(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Counts of (true class, predicted class) pairs, the prediction being the highest score.
+
+    ``index_add_`` rather than ``bincount``: on a GPU ``bincount`` reads the largest label back to
+    the host to size its output, a synchronisation per batch.
+
+    Args:
+        scores: ``[N, K]`` probabilities or logits.
+        labels: ``[N]`` integer classes in ``[0, K)``.
+
+    Returns:
+        ``[K, K]`` int64, rows true classes, columns predictions.
+
+    Example:
+        >>> confusion_counts(torch.tensor([[0.9, 0.1], [0.6, 0.4]]), torch.tensor([0, 1])).tolist()
+        [[1, 0], [1, 0]]
+    """
+    k = scores.shape[1]
+    pairs = labels.long() * k + scores.argmax(dim=1)
+    counts = torch.zeros(k * k, dtype=torch.int64, device=scores.device)
+    return counts.index_add_(0, pairs, torch.ones_like(pairs)).view(k, k)
+
+
+def top_k_hits(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """How many of the ``[N]`` labels are among the ``k`` highest of their ``[N, K]`` scores (0-d int64)."""
+    return (scores.topk(k, dim=1).indices == labels.long()[:, None]).any(dim=1).sum()
+
+
+def single_label_scores(
+    confusion: torch.Tensor, top5_hits: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Accuracies from summed counts.
+
+    Args:
+        confusion: ``[K, K]`` counts (:func:`confusion_counts` summed over batches).
+        top5_hits: :func:`top_k_hits` with ``k=5`` summed; None leaves ``top5`` out.
+
+    Returns:
+        ``top1``, ``macro_accuracy`` (0-d float32), ``per_class_accuracy`` (``[K]``, 0 for a class
+        without images) and, given hits, ``top5``. All 0 when there are no images.
+    """
+    counts = confusion.double()
+    correct, support, predicted = counts.diagonal(), counts.sum(dim=1), counts.sum(dim=0)
+    total = counts.sum()
+    per_class = _safe_divide(correct, support)
+    counted = ((support + predicted) > 0).double()  # tp + fp + fn > 0, as torchmetrics counts them
+    scores = {
+        "top1": _safe_divide(correct.sum(), total),
+        "macro_accuracy": _safe_divide((per_class * counted).sum(), counted.sum()),
+        "per_class_accuracy": per_class,
+    }
+    if top5_hits is not None:
+        scores["top5"] = _safe_divide(top5_hits.double(), total)
+    return {name: value.float() for name, value in scores.items()}
+
+
+# -- multi-label at a threshold -----------------------------------------------------------------
+
+
+def threshold_counts(probs: torch.Tensor, targets: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """True positives, false positives and false negatives per class, predicting ``probs > threshold``.
+
+    Args:
+        probs: ``[N, K]`` probabilities.
+        targets: ``[N, K]`` in {0, 1}.
+
+    Returns:
+        ``[3, K]`` int64: rows tp, fp, fn.
+    """
+    _check_multilabel(probs, targets)
+    predicted, actual = probs > threshold, targets > 0.5
+    return torch.stack([(predicted & actual).sum(0), (predicted & ~actual).sum(0),
+                        (~predicted & actual).sum(0)]).long()
+
+
+def threshold_scores(counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``f1_micro``, ``f1_macro``, ``precision_*``, ``recall_*`` (0-d float32) from ``[3, K]`` counts.
+
+    A ratio with a zero denominator is 0 (scikit-learn's ``zero_division=0``).
+    """
+    tp, fp, fn = counts.double()
+    scores = {}
+    for average, (t, p, n) in (("micro", (tp.sum(), fp.sum(), fn.sum())), ("macro", (tp, fp, fn))):
+        values = {"f1": _safe_divide(2 * t, 2 * t + p + n), "precision": _safe_divide(t, t + p),
+                  "recall": _safe_divide(t, t + n)}
+        for name, value in values.items():
+            scores[f"{name}_{average}"] = value.mean().float()
+    return scores
+
+
+# -- average precision --------------------------------------------------------------------------
+
+
+def average_precision_per_class(
+    scores: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Average precision of each class; NaN where a class has no positive target.
 
     The non-interpolated AP of scikit-learn's ``average_precision_score``: the mean, over the
@@ -77,6 +152,8 @@ def average_precision_per_class(scores: torch.Tensor, targets: torch.Tensor) -> 
     Args:
         scores: ``[N, K]`` scores (any monotone scale: logits or probabilities).
         targets: ``[N, K]`` in {0, 1}.
+        weights: ``[N, K]`` non-negative counts: how many samples each row stands for (a
+            histogram's bins, :func:`histogram_table`); None counts every row once.
 
     Returns:
         ``[K]`` float32.
@@ -86,11 +163,14 @@ def average_precision_per_class(scores: torch.Tensor, targets: torch.Tensor) -> 
         ...                             torch.tensor([[1, 0], [0, 0], [1, 0]]))
         tensor([0.8333,    nan])
     """
-    _check_multilabel(scores, targets)
+    _check_multilabel(scores, targets, weights)
     descending, order = scores.detach().float().sort(dim=0, descending=True)
-    hits = (targets.detach() > 0).gather(0, order).float()
-    rank = torch.arange(1, len(hits) + 1, dtype=torch.float32, device=hits.device)[:, None]
-    precision = hits.cumsum(0) / rank
+    # Counts above 2**24 are not exact in float32: weighted (histogram) counts use float64.
+    dtype = torch.float32 if weights is None else torch.float64
+    rows = torch.ones_like(descending, dtype=dtype) if weights is None else weights.detach().to(dtype).gather(0, order)
+    hits = (targets.detach() > 0).gather(0, order).to(dtype) * rows
+    seen = rows.cumsum(0)
+    precision = hits.cumsum(0) / seen.clamp(min=torch.finfo(dtype).tiny)  # 0 / tiny where nothing is seen yet
     # Every member of a tie gets the precision at the tie's last position (the real threshold).
     positions = torch.arange(len(hits), device=hits.device)[:, None].expand_as(hits)
     is_tie_end = torch.ones_like(hits, dtype=torch.bool)
@@ -98,25 +178,14 @@ def average_precision_per_class(scores: torch.Tensor, targets: torch.Tensor) -> 
     tie_end = torch.where(is_tie_end, positions, len(hits)).flip(0).cummin(0).values.flip(0)
     num_positives = hits.sum(0)
     ap = (precision.gather(0, tie_end) * hits).sum(0) / num_positives.clamp(min=1)
-    return torch.where(num_positives > 0, ap, torch.nan)
+    return torch.where(num_positives > 0, ap, torch.nan).float()
 
 
-def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """mAP: mean of :func:`average_precision_per_class` over classes with positives.
+def mean_over_classes_with_positives(per_class_ap: torch.Tensor) -> torch.Tensor:
+    """mAP: the mean of ``[K]`` per-class AP over the classes that have positives (not NaN).
 
-    Logs a warning naming the classes left out; returns NaN if no class has a positive.
-
-    Args:
-        scores: ``[N, K]`` scores.
-        targets: ``[N, K]`` in {0, 1}.
-
-    Returns:
-        scalar float32 tensor.
+    Logs a warning (global rank 0) naming the classes left out; NaN if no class has a positive.
     """
-    return _mean_over_classes_with_positives(average_precision_per_class(scores, targets))
-
-
-def _mean_over_classes_with_positives(per_class_ap: torch.Tensor) -> torch.Tensor:
     missing = torch.nonzero(per_class_ap.isnan()).flatten().tolist()
     if missing and _is_rank_zero():
         shown = ", ".join(map(str, missing[:_MAX_CLASSES_IN_WARNING]))
@@ -129,114 +198,83 @@ def _mean_over_classes_with_positives(per_class_ap: torch.Tensor) -> torch.Tenso
     return per_class_ap.nanmean()
 
 
+def score_histogram(logits: torch.Tensor, targets: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """Per-class histograms of ``[N, K]`` logits, negatives and positives apart: ``[2, K, num_bins]`` int32.
+
+    The bins split ``[-LOGIT_BOUND, LOGIT_BOUND]`` evenly (scores beyond go to the end bins; NaN
+    to the middle one). AP from these counts (:func:`histogram_table`) is the exact AP of scores
+    rounded to their bin, so it differs from the exact one only where a positive and a negative
+    of one class share a bin, ``2 * LOGIT_BOUND / num_bins`` wide in logit.
+    """
+    _check_multilabel(logits, targets)
+    k = logits.shape[1]
+    scaled = (logits.float().nan_to_num(nan=0.0).clamp(-LOGIT_BOUND, LOGIT_BOUND) + LOGIT_BOUND)
+    bins = (scaled * (num_bins / (2 * LOGIT_BOUND))).long().clamp(max=num_bins - 1)
+    classes = torch.arange(k, device=logits.device) * num_bins
+    index = (targets > 0.5).long() * (k * num_bins) + classes + bins
+    counts = torch.zeros(2 * k * num_bins, dtype=torch.int32, device=logits.device)
+    index = index.flatten()
+    return counts.index_add_(0, index, torch.ones_like(index, dtype=torch.int32)).view(2, k, num_bins)
+
+
+def histogram_table(
+    histogram: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`score_histogram` counts as weighted rows for :func:`average_precision_per_class`
+    and :func:`~tresnet_ft.classifier.thresholds.tune_thresholds`.
+
+    Returns:
+        ``(scores, targets, weights)``, each ``[2B, K]``: every bin's centre as a probability,
+        once for the negatives (target 0) and once for the positives (target 1), weighted by
+        their counts (float64).
+    """
+    _, k, num_bins = histogram.shape
+    width = 2 * LOGIT_BOUND / num_bins
+    centres = torch.arange(num_bins, dtype=torch.float64) * width + (width / 2 - LOGIT_BOUND)
+    scores = centres.sigmoid().float()[:, None].expand(num_bins, k).repeat(2, 1)
+    targets = torch.zeros(2 * num_bins, k, dtype=torch.uint8)
+    targets[num_bins:] = 1
+    weights = histogram.cpu().double().transpose(1, 2).reshape(2 * num_bins, k)
+    return scores, targets, weights
+
+
+# -- internals ----------------------------------------------------------------------------------
+
+
+def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    return torch.where(denominator > 0, numerator / denominator.clamp(min=1e-300), 0.0)
+
+
+def _check_multilabel(
+    scores: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> None:
+    if scores.ndim != 2:
+        raise InvalidValueError(f"Expected scores of shape [N, K], but got {list(scores.shape)}.")
+    if targets.shape != scores.shape:
+        raise InvalidValueError(
+            f"Expected targets of shape [N, K] matching scores {list(scores.shape)}, "
+            f"but got {list(targets.shape)}."
+        )
+    if weights is not None and weights.shape != scores.shape:
+        raise InvalidValueError(
+            f"Expected weights of shape [N, K] matching scores {list(scores.shape)}, "
+            f"but got {list(weights.shape)}."
+        )
+
+
 def _is_rank_zero() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-class MultilabelMeanAveragePrecision(Metric):
-    """mAP or per-class AP over all batches and processes (:func:`average_precision_per_class`).
-
-    Keeps every score and target (states concatenated across processes on sync), because AP
-    needs a global sort. Memory grows as ``N * K`` floats.
-
-    Args:
-        num_classes: ``K``.
-        average: ``"macro"`` gives the mAP over classes with positives (a scalar); ``"none"``
-            gives the ``[K]`` per-class AP with NaN for classes without positives.
-
-    Attributes:
-        classes_without_positives: indices of the classes without positives at the last
-            ``compute()``.
-
-    Example:
-        >>> metric = MultilabelMeanAveragePrecision(num_classes=2)
-        >>> metric.update(torch.tensor([[0.9, 0.1], [0.8, 0.2]]), torch.tensor([[1, 0], [0, 0]]))
-        >>> metric.update(torch.tensor([[0.1, 0.3]]), torch.tensor([[1, 0]]))
-        >>> metric.compute(), metric.classes_without_positives
-        (tensor(0.8333), [1])
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(
-        self, num_classes: int, average: Literal["macro", "none"] = "macro", **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise InvalidValueError(
-                f"Expected num_classes to be a positive integer, but got {num_classes!r}."
-            )
-        if average not in ("macro", "none"):
-            raise InvalidValueError(f"Expected average to be 'macro' or 'none', but got {average!r}.")
-        self.num_classes = num_classes
-        self.average = average
-        self.classes_without_positives: list[int] = []
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-        self.add_state("targets", default=[], dist_reduce_fx="cat")
-
-    def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
-        """Add a batch: ``scores [N, K]`` and ``targets [N, K]`` in {0, 1}."""
-        _check_multilabel(scores, targets, self.num_classes)
-        self.scores.append(scores.detach().float())
-        self.targets.append(targets.detach().float())
-
-    def compute(self) -> torch.Tensor:
-        scores, targets = dim_zero_cat(self.scores), dim_zero_cat(self.targets)
-        per_class_ap = average_precision_per_class(scores, targets)
-        self.classes_without_positives = torch.nonzero(per_class_ap.isnan()).flatten().tolist()
-        if self.average == "none":
-            return per_class_ap
-        return _mean_over_classes_with_positives(per_class_ap)
-
-
-def single_label_metrics(num_classes: int) -> MetricCollection:
-    """Top-1/top-5 micro accuracy, macro and per-class accuracy, and the confusion matrix.
-
-    Update with ``(scores [N, K], labels [N])``; scores may be logits or probabilities.
-    """
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise InvalidValueError(
-            f"Expected num_classes to be an integer of at least 2, but got {num_classes!r}."
-        )
-    metrics: dict[str, Metric] = {
-        "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-        "macro_accuracy": MulticlassAccuracy(num_classes, average="macro"),
-        "per_class_accuracy": MulticlassAccuracy(num_classes, average="none"),
-        "confusion_matrix": MulticlassConfusionMatrix(num_classes),
-    }
-    if num_classes > 5:  # with 5 classes or fewer top-5 is always 1
-        metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-    return MetricCollection(metrics)
-
-
-def multilabel_metrics(num_classes: int, threshold: float = 0.5) -> MetricCollection:
-    """mAP, per-class AP, and micro/macro F1, precision and recall at ``threshold``.
-
-    Update with ``(probabilities [N, K], targets [N, K])``.
-    """
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise InvalidValueError(f"Expected num_classes to be a positive integer, but got {num_classes!r}.")
-    if not 0.0 <= threshold <= 1.0:
-        raise InvalidValueError(f"Expected threshold to be a probability in [0, 1], but got {threshold}.")
-    threshold = float(threshold)
-    metrics: dict[str, Metric] = {
-        "mAP": MultilabelMeanAveragePrecision(num_classes, average="macro"),
-        "per_class_ap": MultilabelMeanAveragePrecision(num_classes, average="none"),
-    }
-    for average in ("micro", "macro"):
-        for name, metric_class in _THRESHOLD_METRICS.items():
-            metrics[f"{name}_{average}"] = metric_class(num_classes, threshold, average=average)
-    return MetricCollection(metrics)
-
-
 __all__ = [
-    "MultilabelMeanAveragePrecision",
-    "Thresholds",
+    "LOGIT_BOUND",
     "average_precision_per_class",
-    "mean_average_precision",
-    "multilabel_metrics",
-    "single_label_metrics",
-    "tune_thresholds",
+    "confusion_counts",
+    "histogram_table",
+    "mean_over_classes_with_positives",
+    "score_histogram",
+    "single_label_scores",
+    "threshold_counts",
+    "threshold_scores",
+    "top_k_hits",
 ]

@@ -12,9 +12,10 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from ..losses import create_loss, resolve_loss
 from .plot_callback import PlotCallback
 from ..classifier.checkpoint import METADATA_KEY, ClassifierInfo
+from ..data.preprocessing import EvalPreprocessing
 from .ema import FusedEMAWeightAveraging, averaged_state_dict
 from .freezing import freezing_callbacks
-from .metrics import multilabel_metrics, single_label_metrics
+from .evaluation import EvaluationAccumulator, EvaluationResult
 from ..models import convert_sync_norm, create_model, refresh_invertibility
 from ..models.factory import pretrained_source
 from .optim import build_optimizer, build_scheduler, param_groups
@@ -40,8 +41,8 @@ class TResNetClassifier(pl.LightningModule):
         norm: ``inplace_abn`` (default, lean memory) or ``bn``.
         num_classes, classes, task: normally linked from the data (``task`` decides the loss,
             metrics and checkpoint monitor).
-        image_size, eval_crop, mean, std: how images are fed at evaluation; linked from the data
-            and stored in the checkpoint so prediction needs nothing else.
+        preprocessing: how images are fed at evaluation (:class:`EvalPreprocessing`, its ``to_dict()``, or
+            None for 224 px defaults); linked from the data and stored in checkpoints for prediction.
         loss: ``auto`` (cross-entropy with ``label_smoothing`` for single-label, ASL for
             multi-label), ``cross_entropy``, ``asl_single``, ``asl`` or ``bce``.
         asl_gamma_neg, asl_gamma_pos, asl_clip: ASL settings (``asl`` uses reduction "mean": the
@@ -78,10 +79,7 @@ class TResNetClassifier(pl.LightningModule):
         num_classes: int = 5,
         classes: Optional[list[str]] = None,
         task: str = "single_label",
-        image_size: int = 224,
-        eval_crop: str = "squish",
-        mean: tuple[float, float, float] = (0.0, 0.0, 0.0),
-        std: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        preprocessing: Optional[Union[EvalPreprocessing, dict[str, Any]]] = None,
         loss: str = "auto",
         label_smoothing: float = 0.1,
         asl_gamma_neg: float = 4.0,
@@ -108,14 +106,8 @@ class TResNetClassifier(pl.LightningModule):
         checkpoint_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
-        _check_choice("task", task, TASKS)
-        if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
-            raise InvalidValueError(f"Expected checkpoint_every_n_steps to be a positive integer or None, but got "
-                             f"{checkpoint_every_n_steps}.")
-        _check_image_size(image_size)
-        if classes is not None and len(classes) != num_classes:
-            raise InvalidValueError(f"Expected {num_classes} class names, but got {len(classes)}.")
-        self.save_hyperparameters()
+        preprocessing = _check_arguments(task, num_classes, classes, preprocessing, checkpoint_every_n_steps)
+        self.save_hyperparameters()  # reads the arguments' current values: preprocessing as a plain dict
         self.head_args = dict(head_args or {})
         if head == "linear" and drop_rate:
             self.head_args.setdefault("drop_rate", drop_rate)
@@ -129,14 +121,17 @@ class TResNetClassifier(pl.LightningModule):
         self.loss_name = resolve_loss(loss, task)
         self.criterion = create_loss(self.loss_name, task, label_smoothing=label_smoothing, asl_gamma_neg=asl_gamma_neg,
                                      asl_gamma_pos=asl_gamma_pos, asl_clip=asl_clip)
-        metrics = single_label_metrics(num_classes) if task == "single_label" else multilabel_metrics(num_classes)
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        # One accumulator per stage feeds the logged metrics, the thresholds and the plots alike.
+        self._evaluations = {stage: EvaluationAccumulator(task, num_classes) for stage in ("val", "test")}
+        self._evaluation_results: dict[str, EvaluationResult] = {}
         self.thresholds: Optional[Thresholds] = None
-        self._val_scores: list[torch.Tensor] = []
-        self._val_targets: list[torch.Tensor] = []
         # (loss, step, epoch) of the last training step, until its value has been checked
         self._unchecked_loss: Optional[tuple[torch.Tensor, int, int]] = None
+
+    @property
+    def preprocessing(self) -> EvalPreprocessing:
+        """How evaluation images are prepared (kept in ``hparams`` as a plain dict)."""
+        return EvalPreprocessing.from_dict(self.hparams.preprocessing)
 
     # -- what the run monitors and which callbacks it needs -----------------------------------
 
@@ -219,60 +214,50 @@ class TResNetClassifier(pl.LightningModule):
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(-1) if self.task == "single_label" else logits.float().sigmoid()
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics, stage: str) -> dict[str, torch.Tensor]:
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        """One evaluation batch: ``[B, 3, S, S]`` images and ``[B]`` labels or ``[B, K]`` tags."""
         images, targets = batch
         logits = self(images)
-        probs = self._probabilities(logits)
         self.log(f"{stage}/loss", self.compute_loss(logits, targets), on_epoch=True, prog_bar=True,
                  batch_size=images.shape[0], sync_dist=True)
-        metrics.update(probs, targets if self.task == "single_label" else targets.long())
-        return {"probs": probs.detach(), "targets": targets, "images": self._unnormalise(images)}
+        self._evaluations[stage].update(self._probabilities(logits), targets, self._unnormalise(images))
 
     def _unnormalise(self, images: torch.Tensor) -> torch.Tensor:
         """Back to [0, 1] for the worst-predictions plot (a no-op for TResNet's mean 0 / std 1)."""
-        mean, std = self.hparams.mean, self.hparams.std
-        if not any(mean) and all(v == 1 for v in std):
-            return images
-        shape = (1, 3, 1, 1)
-        return images * torch.tensor(std, device=images.device).view(shape) + \
-            torch.tensor(mean, device=images.device).view(shape)
+        return self.preprocessing.to_unit_range(images)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        outputs = self._evaluate(batch, self.val_metrics, "val")
-        if self.task == "multi_label":
-            self._val_scores.append(outputs["probs"].cpu())
-            self._val_targets.append(outputs["targets"].cpu())
-        return outputs
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._evaluate(batch, self.test_metrics, "test")
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
 
-    def _log_metric_collection(self, metrics) -> None:
-        """Log the scalar metrics (per-class vectors and matrices stay for the plots)."""
-        values = metrics.compute()  # torchmetrics has already synchronised across processes
-        for key, value in values.items():
-            if value.numel() == 1:
-                self.log(key, value, prog_bar=key.endswith(("/top1", "/mAP")), **SAME_ON_EVERY_RANK)
-        metrics.reset()
+    def evaluation(self, stage: str) -> Optional[EvaluationResult]:
+        """The last finished ``"val"`` or ``"test"`` pass over all processes (what the plots draw), or None."""
+        return self._evaluation_results.get(stage)
+
+    def _finish_evaluation(self, stage: str) -> EvaluationResult:
+        """Gather the pass from all processes (once), keep it for the plots and log its metrics."""
+        result = self._evaluations[stage].compute(device=self.device)
+        self._evaluation_results[stage] = result
+        self._log_evaluation(stage, result)
+        return result
+
+    def _log_evaluation(self, stage: str, result: EvaluationResult) -> None:
+        for name, value in result.metrics.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name in ("top1", "mAP"), **SAME_ON_EVERY_RANK)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metric_collection(self.val_metrics)
-        if self.task == "multi_label" and self._val_scores:
-            self._tune_thresholds()
+        result = self._finish_evaluation("val")
+        if self.task == "multi_label" and len(result.classes_without_positives) < self.hparams.num_classes:
+            self._tune_thresholds(result)
 
     def on_test_epoch_end(self) -> None:
-        self._log_metric_collection(self.test_metrics)
+        self._finish_evaluation("test")
 
-    def _tune_thresholds(self) -> None:
-        """Choose per-class decision thresholds on this validation epoch's scores (all ranks)."""
-        scores = torch.cat(self._val_scores).to(self.device)
-        targets = torch.cat(self._val_targets).to(self.device)
-        self._val_scores.clear()
-        self._val_targets.clear()
-        if self.trainer.world_size > 1:
-            scores = self.all_gather(scores).flatten(0, 1)
-            targets = self.all_gather(targets).flatten(0, 1)
-        self.thresholds = tune_thresholds(scores.float().cpu(), targets.float().cpu())
+    def _tune_thresholds(self, result: EvaluationResult) -> None:
+        """Choose per-class decision thresholds on this validation pass (gathered: the same on all ranks)."""
+        self.thresholds = tune_thresholds(result.scores, result.targets, weights=result.weights)
         self.log_dict({"val/f1_default": self.thresholds.f1_before, "val/f1_global": self.thresholds.f1_global,
                        "val/f1_tuned": self.thresholds.f1_after}, **SAME_ON_EVERY_RANK)
 
@@ -291,7 +276,8 @@ class TResNetClassifier(pl.LightningModule):
     # -- self-contained checkpoints ------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Synchronise norms if asked; take class names and preprocessing from the DataModule."""
+        """Synchronise norms if asked; take class names from the DataModule and check that it
+        prepares images as this model's checkpoints will say (``preprocessing``)."""
         if self.hparams.sync_norm and self._trainer is not None and self.trainer.world_size > 1:
             convert_sync_norm(self.model)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -303,16 +289,18 @@ class TResNetClassifier(pl.LightningModule):
                 f"{self.task} with {self.hparams.num_classes}. Fix: build it with "
                 "TResNetClassifier.from_datamodule(dm, ...) or pass task= and num_classes= to match.")
         self.classes = list(datamodule.classes)
-        config = datamodule.transform_config
-        self.hparams.update(classes=self.classes, image_size=config.image_size, eval_crop=config.eval_crop,
-                            mean=tuple(config.mean), std=tuple(config.std))
+        self.hparams.update(classes=self.classes)
+        data = getattr(datamodule, "preprocessing", self.preprocessing)
+        if data != self.preprocessing:  # the checkpoints would describe another input than validation's
+            raise InvalidValueError(
+                f"The data prepares evaluation images as {data}, but the model was built for {self.preprocessing}. "
+                "Fix: build it with TResNetClassifier.from_datamodule(dm, ...) or pass preprocessing=dm.preprocessing.")
 
     def classifier_info(self) -> ClassifierInfo:
         hp = self.hparams
         return ClassifierInfo(arch=hp.arch.split(".")[0], classes=self.classes, task=self.task,
-                              image_size=hp.image_size, head=hp.head, head_args=dict(self.head_args),
-                              norm=hp.norm, eval_crop=hp.eval_crop, mean=tuple(hp.mean), std=tuple(hp.std),
-                              thresholds=self.thresholds.to_dict() if self.thresholds else None)
+                              preprocessing=self.preprocessing, head=hp.head, head_args=dict(self.head_args),
+                              norm=hp.norm, thresholds=self.thresholds.to_dict() if self.thresholds else None)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Never write weights that a NaN loss has already broken.
@@ -359,10 +347,8 @@ class TResNetClassifier(pl.LightningModule):
     @classmethod
     def from_datamodule(cls, datamodule: Any, **kwargs: Any) -> "TResNetClassifier":
         """Build a classifier whose task, classes and preprocessing come from ``datamodule``."""
-        config = datamodule.transform_config
         defaults = dict(num_classes=datamodule.num_classes, classes=list(datamodule.classes), task=datamodule.task,
-                        image_size=config.image_size, eval_crop=config.eval_crop, mean=tuple(config.mean),
-                        std=tuple(config.std))
+                        preprocessing=datamodule.preprocessing)
         return cls(**{**defaults, **kwargs})
 
 
@@ -389,12 +375,17 @@ def _describe_setup(setup: dict[str, Any]) -> str:
     return f"{setup['task']}, {shown}, {setup['arch']} with a {setup['head']} head and {setup['norm']} norms"
 
 
-def _check_image_size(size: int) -> None:
-    """TResNet halves the resolution five times; checked here so a bad size fails before training."""
-    if size % 32:
-        lower, upper = max(32, size // 32 * 32), size // 32 * 32 + 32
-        raise InvalidValueError(f"Expected image_size to be a multiple of 32 (TResNet downsamples by 32), but got {size}. "
-                         f"Fix: --data.image_size {lower} or {upper}.")
+def _check_arguments(task: str, num_classes: int, classes: Optional[list[str]], preprocessing: Any,
+                     checkpoint_every_n_steps: Optional[int]) -> dict[str, Any]:
+    """Refuse arguments no run could use, before the network is built. Returns ``preprocessing`` as a plain
+    dict (:meth:`EvalPreprocessing.to_dict`) for ``hparams``: checkpoints stay ``weights_only``-readable."""
+    _check_choice("task", task, TASKS)
+    if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
+        raise InvalidValueError(f"Expected checkpoint_every_n_steps to be a positive integer or None, but got "
+                                f"{checkpoint_every_n_steps}.")
+    if classes is not None and len(classes) != num_classes:
+        raise InvalidValueError(f"Expected {num_classes} class names, but got {len(classes)}.")
+    return EvalPreprocessing.coerce(preprocessing).to_dict()
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -1,20 +1,17 @@
-"""The diagnostic-plots callback (:class:`PlotCallback`); the progress bar is in :mod:`tresnet_ft.progress`.
+"""The diagnostic-plots callback (:class:`PlotCallback`); the progress bar is in :mod:`tresnet_ft.training.progress`.
 
-:class:`PlotCallback` relies on this contract with the LightningModule:
+:class:`PlotCallback` keeps no evaluation outputs of its own. It relies on this contract with the
+LightningModule:
 
-- ``validation_step`` (and ``test_step`` for test plots) returns a dict
-  ``{"probs": Tensor[B, K], "targets": Tensor, "images": Tensor[B, 3, S, S]}``:
-
-  - ``probs``: softmax (single-label) or sigmoid (multi-label) probabilities, detached;
-  - ``targets``: ``[B]`` int64 labels (single-label) or ``[B, K]`` float in {0, 1} (multi-label);
-  - ``images``: float in [0, 1] as the model saw them, on any device (optional: without it no
-    worst-predictions grid is drawn).
-
-  A step that returns anything else (``None``, a loss) is skipped with one debug message.
-- ``pl_module.classes``: the ``K`` class names (else ``pl_module.hparams["classes"]``, else
-  the indices as strings).
-- ``pl_module.task``: ``"single_label"`` or ``"multi_label"`` (else ``hparams["task"]``, else
-  inferred from the targets: ``[B, K]`` means multi-label).
+- ``pl_module.evaluation(stage)`` returns the last finished ``"val"`` or ``"test"`` pass as an
+  :class:`~tresnet_ft.training.evaluation.EvaluationResult` (or None), as
+  :class:`~tresnet_ft.training.module.TResNetClassifier` does from its
+  :class:`~tresnet_ft.training.evaluation.EvaluationAccumulator`: gathered from every process,
+  so the plots show the whole evaluation set. A module without the method gets the curves only
+  (one debug message says why).
+- ``pl_module.classes``: the ``K`` class names (else ``pl_module.hparams["classes"]``, else the
+  indices as strings), checked against the result at the first evaluation (the sanity check
+  when there is one), not after a long run.
 """
 from __future__ import annotations
 
@@ -31,18 +28,16 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
 
 from . import plots
-from .metrics import average_precision_per_class
+from .evaluation import EvaluationResult
 from .progress import best_checkpoint_callback
-from .validation_outputs import TASKS, ValidationOutputs, WorstPredictions, describe_worst
+from .validation_outputs import WorstPredictions, describe_worst
 from ..errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
-OUTPUT_KEYS = ("probs", "targets", "images")
-
 
 class PlotCallback(Callback):
-    """Keeps the metric history and the last evaluation's outputs; draws, saves and logs plots.
+    """Keeps the metric history; draws, saves and logs it with the module's last evaluation.
 
     After every validation (not the sanity check) it appends one entry to :attr:`history`:
     ``epoch``, ``step`` and every scalar in ``trainer.callback_metrics`` except the training
@@ -51,33 +46,28 @@ class PlotCallback(Callback):
     validation with an earlier epoch's training values. The history is saved in checkpoints, so
     a resumed run draws its whole curve.
 
-    During validation it collects the outputs described in the module docstring into a
-    :class:`~tresnet_ft.validation_outputs.ValidationOutputs` (lean: see there). At the end of
-    ``fit`` (from the last validation), of ``validate`` and of ``test`` (into ``plots/test``) it
-    writes into ``<trainer.log_dir>/plots/``:
+    At the end of ``fit`` (from the last validation), of ``validate`` and of ``test`` (into
+    ``plots/test``) it reads ``pl_module.evaluation(stage)`` (module docstring) and writes into
+    ``<trainer.log_dir>/plots/``:
 
     - ``curves.png`` (not after ``test``; see :meth:`plot_curves`);
     - single-label: ``confusion_matrix.png``;
-    - multi-label: ``per_class_ap.png`` and ``precision_recall.png``;
-    - ``worst_predictions.png`` (when images were returned);
+    - multi-label: ``per_class_ap.png`` and ``precision_recall.png`` (the curve needs every
+      score: not drawn when the evaluation kept histograms instead, beyond its memory budget);
+    - ``worst_predictions.png`` (when the evaluation kept images);
 
     and sends each figure to the TensorBoard (``add_figure``) and Weights & Biases
     (``log_image``) loggers under ``plots/<name>`` (``plots/test/<name>``). Other loggers are
     skipped. A plot that fails to draw is logged as a warning and does not end the run.
 
-    Memory: Lightning 2.x keeps no step outputs, so returning the dict costs only what this
-    callback keeps: two int32 per image (single-label) or ``3 * K`` bytes per image
-    (multi-label), plus ``num_worst`` uint8 images. Multi-label scores are kept as float16, so
-    the mAP in the plot titles can differ from the logged ``val/mAP`` by about 1e-3. Several
-    validation dataloaders are pooled.
-
-    Multi-GPU: only global rank 0 collects and draws, so the plots other than the curves show
-    rank 0's shard of the validation set (``1 / world_size`` of it with the usual distributed
-    sampler). The curves use ``callback_metrics``, which are synchronised when logged with
-    ``sync_dist=True``.
+    Memory: nothing per image; the module's evaluation holds the outputs (bounded: see
+    :mod:`tresnet_ft.training.evaluation`), so the figures show the same numbers as the logged
+    metrics. Multi-GPU: the evaluation is gathered from every process, and global rank 0 draws
+    the whole evaluation set. The curves use ``callback_metrics``, which are synchronised when
+    logged with ``sync_dist=True``.
 
     Args:
-        num_worst: the number of worst-predicted images kept and drawn.
+        num_worst: the most worst-predicted images drawn (of those the evaluation kept).
         dirname: the folder, under ``trainer.log_dir``, the PNGs go to.
         train_prefix: the prefix of training metrics (``train/loss``, ``train_loss``, ...).
         max_matrix_classes: the most classes drawn as a full confusion matrix; beyond that the
@@ -102,23 +92,27 @@ class PlotCallback(Callback):
         self.max_matrix_classes = max_matrix_classes
         self.multilabel_threshold = multilabel_threshold
         self.history: list[dict[str, float]] = []
-        self.outputs: ValidationOutputs | None = None
         self.written: dict[str, Path] = {}  # name -> path of the PNGs written last
-        self._classes: list[str] | None = None
         self._finished_train_epoch: int | None = None
-        self._skipped_outputs_logged = False
+        self._validated = False  # whether this fit ran a validation besides the sanity check
+        self._missing_evaluation_logged = False
 
     # -- history --------------------------------------------------------------------------------
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = False
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._checked_classes(pl_module, "val")  # fails at the first evaluation, not after the run
         if trainer.sanity_checking:
             return
+        self._validated = True
         metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items()
                    if not k.startswith(self.train_prefix)}
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
                              **metrics})
         if trainer.state.fn == "validate":
-            self._write_plots(trainer, stage="validate")
+            self._write_plots(trainer, pl_module, stage="validate")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Metrics the module logs in its own on_train_epoch_end arrive after this hook, so the
@@ -147,67 +141,24 @@ class PlotCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(entry) for entry in state_dict.get("history", [])]
 
-    # -- collecting outputs ---------------------------------------------------------------------
-
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._reset_outputs()
-
-    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._reset_outputs()
-
-    def _reset_outputs(self) -> None:
-        self.outputs = None  # created at the first batch, once the task is known
-        self._classes = None
-
-    def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-        batch_idx: int, dataloader_idx: int = 0,
-    ) -> None:
-        if not trainer.sanity_checking and trainer.is_global_zero:
-            self._collect(pl_module, outputs)
-
-    def on_test_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-        batch_idx: int, dataloader_idx: int = 0,
-    ) -> None:
-        if trainer.is_global_zero:
-            self._collect(pl_module, outputs)
-
-    def _collect(self, pl_module: pl.LightningModule, outputs: Any) -> None:
-        if not isinstance(outputs, Mapping) or not {"probs", "targets"} <= outputs.keys():
-            if not self._skipped_outputs_logged:
-                log.debug(
-                    "PlotCallback: the evaluation step returned %s, not a dict with keys %s; "
-                    "no confusion, AP or worst-prediction plots.",
-                    type(outputs).__name__, OUTPUT_KEYS,
-                )
-                self._skipped_outputs_logged = True
-            return
-        if self.outputs is None:
-            task = _task_of(pl_module, outputs["targets"])
-            self.outputs = ValidationOutputs(task, num_worst=self.num_worst)
-        self.outputs.add(outputs["probs"], outputs["targets"], outputs.get("images"))
-        if self._classes is None:  # checked at the first batch, not after a long run
-            self._classes = _class_names(pl_module, self.outputs.num_classes)
-
     # -- writing --------------------------------------------------------------------------------
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record_training_metrics(trainer)
-        self._write_plots(trainer, stage="fit")
+        self._write_plots(trainer, pl_module, stage="fit")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write_plots(trainer, stage="test")
+        self._checked_classes(pl_module, "test")
+        self._write_plots(trainer, pl_module, stage="test")
 
-    def _write_plots(self, trainer: pl.Trainer, stage: str) -> None:
+    def _write_plots(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         root = trainer.log_dir or trainer.default_root_dir  # a collective: called on every rank
         if not trainer.is_global_zero:
             return
         folder = Path(root) / self.dirname / ("test" if stage == "test" else "")
         tag_prefix = f"{self.dirname}/test/" if stage == "test" else f"{self.dirname}/"
         self.written = {}
-        for name, draw in self._figures(trainer, with_curves=stage != "test").items():
+        for name, draw in self._figures(trainer, pl_module, stage).items():
             try:
                 figure = draw()
             except Exception:  # a broken plot must not cost the end of a finished run
@@ -218,29 +169,46 @@ class PlotCallback(Callback):
         if self.written:
             log.info("Plots written to %s: %s", folder, ", ".join(sorted(self.written)))
 
-    def _figures(self, trainer: pl.Trainer, with_curves: bool) -> dict[str, Callable[[], Figure]]:
+    def _figures(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                 stage: str) -> dict[str, Callable[[], Figure]]:
         """The figures to draw, by file name, as deferred calls."""
         figures: dict[str, Callable[[], Figure]] = {}
-        if with_curves and self.history:
+        if stage != "test" and self.history:
             figures["curves"] = lambda: self.plot_curves(trainer)
-        outputs = self.outputs
-        if outputs is None or outputs.num_samples == 0:
-            log.debug("PlotCallback: no evaluation outputs were collected; only the curves.")
+        result = None if stage == "fit" and not self._validated else self._evaluation(pl_module, stage)
+        if result is None or result.num_samples == 0:
             return figures
-        classes = self._classes
-        if outputs.task == "single_label":
+        classes = self._checked_classes(pl_module, stage)
+        if result.task == "single_label":
             figures["confusion_matrix"] = lambda: plots.plot_confusion_matrix(
-                outputs.confusion_matrix(), classes, max_classes=self.max_matrix_classes)
+                result.confusion_matrix, classes, max_classes=self.max_matrix_classes)
         else:
-            scores, targets = outputs.scores_and_targets()
-            figures["per_class_ap"] = lambda: plots.plot_per_class_ap(
-                average_precision_per_class(scores, targets), classes)
-            figures["precision_recall"] = lambda: plots.plot_precision_recall(
-                scores, targets, classes)
-        worst = outputs.worst()
-        if worst is not None:
-            figures["worst_predictions"] = lambda: self._plot_worst(worst, classes)
+            figures["per_class_ap"] = lambda: plots.plot_per_class_ap(result.per_class_ap, classes)
+            if result.weights is None:
+                figures["precision_recall"] = lambda: plots.plot_precision_recall(
+                    result.scores, result.targets, classes)
+            else:
+                log.info("PlotCallback: no precision-recall curve: the evaluation kept score histograms, "
+                         "not every score (it was over its memory budget).")
+        if result.worst is not None and self.num_worst > 0:
+            figures["worst_predictions"] = lambda: self._plot_worst(result.worst, classes)
         return figures
+
+    def _evaluation(self, pl_module: pl.LightningModule, stage: str) -> EvaluationResult | None:
+        """The module's last ``val`` (``test`` after testing) pass, or None."""
+        evaluation = getattr(pl_module, "evaluation", None)
+        if evaluation is None:
+            if not self._missing_evaluation_logged:
+                log.debug("PlotCallback: %s has no evaluation(stage) method; only the curves are drawn.",
+                          type(pl_module).__name__)
+                self._missing_evaluation_logged = True
+            return None
+        return evaluation("test" if stage == "test" else "val")
+
+    def _checked_classes(self, pl_module: pl.LightningModule, stage: str) -> list[str] | None:
+        """The class names for the module's last ``stage`` pass (checked against it), or None."""
+        result = self._evaluation(pl_module, stage)
+        return None if result is None else _class_names(pl_module, result.num_classes)
 
     def plot_curves(self, trainer: pl.Trainer) -> Figure:
         """The curves of :attr:`history` with the step-level training loss and learning rate.
@@ -266,6 +234,7 @@ class PlotCallback(Callback):
         return plots.is_learning_rate_key(key)
 
     def _plot_worst(self, worst: WorstPredictions, classes: list[str]) -> Figure:
+        worst = worst.select(torch.arange(min(self.num_worst, len(worst))))
         true, predicted, confidences, correct = describe_worst(
             worst, classes, self.multilabel_threshold)
         return plots.plot_worst_predictions(worst.images, true, predicted, confidences,
@@ -320,22 +289,13 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return scalars
 
 
-def _task_of(pl_module: pl.LightningModule, targets: torch.Tensor) -> str:
-    task = getattr(pl_module, "task", None) or _hparam(pl_module, "task")
-    if task is None:
-        return "multi_label" if targets.ndim == 2 else "single_label"
-    if task not in TASKS:
-        raise InvalidValueError(f"Expected pl_module.task to be one of {TASKS}, but got {task!r}.")
-    return task
-
-
 def _class_names(pl_module: pl.LightningModule, num_classes: int) -> list[str]:
     classes = getattr(pl_module, "classes", None) or _hparam(pl_module, "classes")
     if classes is None:
         return [str(i) for i in range(num_classes)]
     if len(classes) != num_classes:
         raise InvalidValueError(
-            f"Expected {num_classes} class names (probs have {num_classes} columns), "
+            f"Expected {num_classes} class names (the evaluation has {num_classes} classes), "
             f"but pl_module.classes has {len(classes)}."
         )
     return [str(name) for name in classes]
@@ -346,4 +306,4 @@ def _hparam(pl_module: pl.LightningModule, name: str) -> Any:
     return hparams.get(name) if isinstance(hparams, Mapping) else None
 
 
-__all__ = ["OUTPUT_KEYS", "PlotCallback"]
+__all__ = ["PlotCallback"]
