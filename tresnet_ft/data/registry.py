@@ -40,21 +40,15 @@ class DatasetEntry:
     summary: str
 
 
+def _cifar_entry(spec: cifar.CifarSpec, summary: str) -> DatasetEntry:
+    """CIFAR-10 and CIFAR-100 share one reader, parametrised by their spec."""
+    return DatasetEntry(partial(cifar.prepare_cifar, spec), partial(cifar.describe_cifar, spec),
+                        partial(cifar.load_cifar, spec), False, summary)
+
+
 DATASETS: dict[str, DatasetEntry] = {
-    "cifar10": DatasetEntry(
-        partial(cifar.prepare_cifar, cifar.CIFAR10),
-        partial(cifar.describe_cifar, cifar.CIFAR10),
-        partial(cifar.load_cifar, cifar.CIFAR10),
-        False,
-        "CIFAR-10, 32 px, in memory, downloaded",
-    ),
-    "cifar100": DatasetEntry(
-        partial(cifar.prepare_cifar, cifar.CIFAR100),
-        partial(cifar.describe_cifar, cifar.CIFAR100),
-        partial(cifar.load_cifar, cifar.CIFAR100),
-        False,
-        "CIFAR-100, 32 px, in memory, downloaded",
-    ),
+    "cifar10": _cifar_entry(cifar.CIFAR10, "CIFAR-10, 32 px, in memory, downloaded"),
+    "cifar100": _cifar_entry(cifar.CIFAR100, "CIFAR-100, 32 px, in memory, downloaded"),
     "flowers102": DatasetEntry(
         flowers.prepare_flowers,
         flowers.describe_flowers,

@@ -203,14 +203,9 @@ def asymmetric_loss(
         return _reduce(-log_likelihood, reduction)
 
 
-def asymmetric_loss_single_label(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    gamma_pos: float = 0.0,
-    gamma_neg: float = 4.0,
-    label_smoothing: float = 0.1,
-    reduction: Reduction = "mean",
-) -> torch.Tensor:
+def asymmetric_loss_single_label(logits: torch.Tensor, labels: torch.Tensor, gamma_pos: float = 0.0,
+                                 gamma_neg: float = 4.0, label_smoothing: float = 0.1,
+                                 reduction: Reduction = "mean") -> torch.Tensor:
     """Asymmetric focusing applied to softmax cross-entropy, with label smoothing.
 
     Each log-probability is weighted by ``(1 - p)**gamma_pos`` for the true class and

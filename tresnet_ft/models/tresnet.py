@@ -37,59 +37,63 @@ def _make_shortcut(in_ch: int, out_ch: int, stride: int, norm: str) -> Optional[
     return nn.Sequential(*layers)
 
 
-class BasicBlock(nn.Module):
+class _ResidualBlock(nn.Module):
+    """What both block kinds share: ``act(drop_path(branch(x)) + shortcut(x))``."""
+
+    def __init__(self, downsample: nn.Module | None, drop_path_rate: float) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.act = nn.ReLU(inplace=True)
+        self.drop_path_rate = drop_path_rate
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.act(_drop_path(self.branch(x), self.drop_path_rate, self.training) + shortcut)
+
+
+class BasicBlock(_ResidualBlock):
     """Two 3×3 convs; SE after the second (reduction ``max(planes/4, 64)``)."""
 
     expansion = 1
 
     def __init__(self, in_ch: int, planes: int, stride: int, use_se: bool, norm: str,
                  drop_path_rate: float = 0.0) -> None:
-        super().__init__()
-        self.downsample = _make_shortcut(in_ch, planes, stride, norm)
+        super().__init__(_make_shortcut(in_ch, planes, stride, norm), drop_path_rate)
         self.conv1 = ConvNormAct(in_ch, planes, 3, norm=norm, slope=BLOCK_SLOPE, anti_alias=stride == 2)
         self.conv2 = ConvNormAct(planes, planes, 3, norm=norm, activation="identity")
         self.se = SqueezeExcite(planes, max(planes // 4, 64)) if use_se else None
-        self.act = nn.ReLU(inplace=True)
-        self.drop_path_rate = drop_path_rate
 
     def last_norm(self) -> nn.Module:
         return self.conv2.bn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.conv1(x))
-        if self.se is not None:
-            out = self.se(out)
-        return self.act(_drop_path(out, self.drop_path_rate, self.training) + shortcut)
+        return out if self.se is None else self.se(out)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """1×1 → 3×3 → 1×1 (×4 channels); SE after the 3×3 (reduction ``max(planes·4/8, 64)``)."""
 
     expansion = 4
 
     def __init__(self, in_ch: int, planes: int, stride: int, use_se: bool, norm: str,
                  drop_path_rate: float = 0.0) -> None:
-        super().__init__()
         out_ch = planes * self.expansion
-        self.downsample = _make_shortcut(in_ch, out_ch, stride, norm)
+        super().__init__(_make_shortcut(in_ch, out_ch, stride, norm), drop_path_rate)
         self.conv1 = ConvNormAct(in_ch, planes, 1, norm=norm, slope=BLOCK_SLOPE)
         self.conv2 = ConvNormAct(planes, planes, 3, norm=norm, slope=BLOCK_SLOPE, anti_alias=stride == 2)
         self.se = SqueezeExcite(planes, max(out_ch // 8, 64)) if use_se else None
         self.conv3 = ConvNormAct(planes, out_ch, 1, norm=norm, activation="identity")
-        self.act = nn.ReLU(inplace=True)
-        self.drop_path_rate = drop_path_rate
 
     def last_norm(self) -> nn.Module:
         return self.conv3.bn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.conv1(x))
-        if self.se is not None:
-            out = self.se(out)
-        out = self.conv3(out)
-        return self.act(_drop_path(out, self.drop_path_rate, self.training) + shortcut)
+        return self.conv3(out if self.se is None else self.se(out))
 
 
 @dataclass(frozen=True)
