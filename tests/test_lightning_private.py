@@ -42,7 +42,7 @@ ADAPTER = Path(lightning_private.__file__)
 RELIED_UPON = {"_ddp_kwargs", "_setup_model", "_parse_ckpt_path", "_instantiate_trainer",
                "_subcommand_parsers", "_add_subcommands", "_option_string_actions", "_offline",
                "_console_kwargs", "_PATH", "_kwargs", "_average_model", "_latest_update_step",
-               "_latest_update_epoch", "_check_log_dir_exists", "_fs", "_experiment"}
+               "_latest_update_epoch", "_check_log_dir_exists", "_fs", "_experiment", "_trainer"}
 PRIVATE_SOURCES = ("lightning", "lightning_fabric", "pytorch_lightning", "jsonargparse", "argparse")
 # The CLIs below get their arguments as ``args`` while pytest's own are in sys.argv, on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter is intended")

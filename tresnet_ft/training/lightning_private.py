@@ -35,6 +35,13 @@ def search_unused_parameters(trainer: "pl.Trainer") -> bool:
     return True
 
 
+def attached_trainer(module: "pl.LightningModule") -> "pl.Trainer | None":
+    """The Trainer ``module`` is attached to, or None (a module used on its own, e.g. loaded for a
+    notebook). ``module.trainer`` raises when there is none; ``LightningModule`` keeps the
+    reference in ``_trainer``."""
+    return module._trainer
+
+
 class LightningCLIWithHooks(LightningCLI):
     """:class:`~lightning.pytorch.cli.LightningCLI` with public names for the private steps we change.
 

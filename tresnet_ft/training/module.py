@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 import math
 from typing import Any, Optional, Union
 
@@ -21,14 +22,23 @@ from ..models.factory import pretrained_source
 from .optim import build_optimizer, build_scheduler, param_groups
 from ..classifier.thresholds import Thresholds, tune_thresholds
 from ..errors import InvalidValueError, TrainingDivergedError
+from .checkpoint_fit import check_checkpoint_fits, checkpoint_setup
+from .lightning_private import attached_trainer
 
 log = logging.getLogger(__name__)
 
 TASKS = ("single_label", "multi_label")
-# For values every process already holds (synchronised torchmetrics results, thresholds tuned on
-# gathered scores): "max" of equal numbers returns them exactly (a mean could be off by an ulp),
-# and Lightning no longer warns that an unsynchronised epoch value is logged.
-SAME_ON_EVERY_RANK: dict[str, Any] = {"sync_dist": True, "reduce_fx": "max"}
+# For values every process already holds (the evaluation result, gathered once per epoch, and the
+# thresholds tuned on it): logged without Lightning's sync_dist, which would all_reduce each key
+# again. Lightning's advice to sync epoch-level values is for per-rank values, so it is silenced
+# for exactly these keys (silence_epoch_sync_advice, at every setup).
+SAME_ON_EVERY_RANK: dict[str, Any] = {"sync_dist": False}
+
+
+def silence_epoch_sync_advice() -> None:
+    """Drop Lightning's "use sync_dist=True" advice for the keys logged with :data:`SAME_ON_EVERY_RANK`."""
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test|train)/"
+                            r"(top1|top5|macro_accuracy|mAP|f1_|precision_|recall_|lr)'")
 
 
 class TResNetClassifier(pl.LightningModule):
@@ -278,9 +288,11 @@ class TResNetClassifier(pl.LightningModule):
     def setup(self, stage: str) -> None:
         """Synchronise norms if asked; take class names from the DataModule and check that it
         prepares images as this model's checkpoints will say (``preprocessing``)."""
-        if self.hparams.sync_norm and self._trainer is not None and self.trainer.world_size > 1:
+        silence_epoch_sync_advice()
+        trainer = attached_trainer(self)
+        if self.hparams.sync_norm and trainer is not None and trainer.world_size > 1:
             convert_sync_norm(self.model)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "task"):
             return
         if datamodule.task != self.task or datamodule.num_classes != self.hparams.num_classes:
@@ -310,7 +322,8 @@ class TResNetClassifier(pl.LightningModule):
             checkpoint["state_dict"] = averaged_state_dict(self.trainer, checkpoint["state_dict"])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._trainer is not None and self.trainer.state.fn == "fit" and _weights_only(checkpoint):
+        trainer = attached_trainer(self)
+        if trainer is not None and trainer.state.fn == "fit" and _weights_only(checkpoint):
             path = self.trainer.ckpt_path
             raise InvalidValueError(f"{path} holds weights only (as best.ckpt does), not the optimizer and schedule "
                              "state that resuming needs. Fix: resume with --ckpt_path last, or start a new run "
@@ -325,24 +338,10 @@ class TResNetClassifier(pl.LightningModule):
     def _check_checkpoint_fits(self, meta: dict[str, Any], hparams: dict[str, Any]) -> None:
         """Refuse a checkpoint of another task, class list, architecture, head or norm before its
         weights are loaded (Lightning's own error would be a wall of tensor size mismatches)."""
-        classes = meta.get("classes", hparams.get("classes"))
-        theirs = {"task": meta.get("task", hparams.get("task")),
-                  "num_classes": len(classes) if classes is not None else hparams.get("num_classes"),
-                  "classes": classes,
-                  "arch": meta.get("arch", str(hparams.get("arch") or "").split(".")[0] or None),
-                  "head": meta.get("head", hparams.get("head")), "norm": meta.get("norm", hparams.get("norm"))}
         ours = {"task": self.task, "num_classes": self.hparams.num_classes,
                 "classes": self.classes if self.hparams.classes is not None else None,  # None: unnamed
                 "arch": self.hparams.arch.split(".")[0], "head": self.hparams.head, "norm": self.hparams.norm}
-        differ = [key for key in ours if None not in (theirs[key], ours[key])
-                  and _as_list(theirs[key]) != _as_list(ours[key])]
-        if differ:
-            path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
-            raise InvalidValueError(
-                f"The checkpoint {path or ''} does not fit this run ({', '.join(differ)} differ): it holds "
-                f"{_describe_setup(theirs)}, but this run has {_describe_setup(ours)}. Fix: use the data and "
-                "--model settings it was trained with, or start from its weights with --model.pretrained CKPT "
-                "instead of --ckpt_path (a head of another size is then re-initialised).")
+        check_checkpoint_fits(checkpoint_setup(meta, hparams), ours, getattr(attached_trainer(self), "ckpt_path", None))
 
     @classmethod
     def from_datamodule(cls, datamodule: Any, **kwargs: Any) -> "TResNetClassifier":
@@ -361,18 +360,6 @@ def _last_checkpoint(**trigger: Any) -> ModelCheckpoint:
 def _weights_only(checkpoint: dict[str, Any]) -> bool:
     """Whether Lightning wrote ``checkpoint`` with ``weights_only`` (it then has no optimizer states)."""
     return "optimizer_states" not in checkpoint
-
-
-def _as_list(value: Any) -> Any:
-    """Tuples and lists compare equal when their items do (checkpoints store lists)."""
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
-def _describe_setup(setup: dict[str, Any]) -> str:
-    classes = setup["classes"]
-    shown = f"{setup['num_classes']} classes" + ("" if classes is None else
-                                                  f" {list(classes)[:5]}{' ...' if len(classes) > 5 else ''}")
-    return f"{setup['task']}, {shown}, {setup['arch']} with a {setup['head']} head and {setup['norm']} norms"
 
 
 def _check_arguments(task: str, num_classes: int, classes: Optional[list[str]], preprocessing: Any,
