@@ -2,7 +2,6 @@
 the installed versions, when a release changes one, instead of a feature silently stopping to work.
 """
 import argparse
-import ast
 import inspect
 import platform
 import warnings
@@ -353,55 +352,3 @@ def test_make_writer_builds_the_writer_that_the_logger_caches(tmp_path):
     assert built == [hooked.log_dir] and type(hooked.experiment) is ExperimentWriter
     read = [Path(logger.log_dir, "metrics.csv").read_text() for logger in (lightnings, hooked)]
     assert read[0] == read[1] and "0.25" in read[0]
-
-
-# -- nothing else in the package touches them -------------------------------------------------------
-
-
-def private_uses(path: Path, root: Path = PACKAGE.parent) -> list[str]:
-    """``file:line name`` (file relative to ``root``) for each relied-upon private name, or private
-    import from Lightning, its parsers or argparse, in one source file."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-        if isinstance(node, ast.Attribute):
-            names = [node.attr]
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            names = [node.name]
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PRIVATE_SOURCES:
-            names = [alias.name for alias in node.names if alias.name.startswith("_")]
-        else:
-            continue
-        found += [f"{path.relative_to(root)}:{node.lineno} {name}" for name in names
-                  if name in RELIED_UPON or isinstance(node, ast.ImportFrom)]
-    return found
-
-
-def test_only_the_adapter_touches_these_private_names():
-    offences = [use for path in sorted(PACKAGE.rglob("*.py")) if path != ADAPTER
-                for use in private_uses(path)]
-    assert not offences, ("Private Lightning/argparse names outside "
-                          "tresnet_ft/training/lightning_private.py:\n  " + "\n  ".join(offences))
-
-
-def test_the_private_use_check_finds_each_kind_of_use(tmp_path):
-    sample = tmp_path / "sample.py"
-    sample.write_text("from lightning.fabric.utilities.types import _PATH\n"
-                      "class CLI:\n"
-                      "    def _parse_ckpt_path(self):\n"
-                      "        return logger._offline\n")
-    assert sorted(private_uses(sample, root=tmp_path)) == [
-        "sample.py:1 _PATH", "sample.py:3 _parse_ckpt_path", "sample.py:4 _offline"]
-
-
-def test_ema_and_the_csv_logger_reach_lightning_only_through_the_adapter(tmp_path):
-    ema, loggers = PACKAGE / "training" / "ema.py", PACKAGE / "training" / "loggers.py"
-    assert private_uses(ema) == [] and private_uses(loggers) == []
-    # What they did before the adapter had names for it is found:
-    sample = tmp_path / "sample.py"
-    sample.write_text("class Writer:\n"
-                      "    def _check_log_dir_exists(self):\n"
-                      "        self._kwargs['multi_avg_fn'] = self._average_model\n"
-                      "        return self._fs, self._experiment, self._latest_update_step\n")
-    assert sorted(private_uses(sample, root=tmp_path)) == [
-        "sample.py:2 _check_log_dir_exists", "sample.py:3 _average_model", "sample.py:3 _kwargs",
-        "sample.py:4 _experiment", "sample.py:4 _fs", "sample.py:4 _latest_update_step"]
