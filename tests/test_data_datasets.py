@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import logging
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,6 +252,38 @@ def test_folder_empty_class_is_an_error(tmp_path):
     (tmp_path / "train/dog").mkdir()
     with pytest.raises(ValueError, match=r"\['dog'\] have no readable training image"):
         load_dataset("folder", tmp_path, "train")
+
+
+@pytest.mark.parametrize("layout", ["train/cat", "cat"])
+def test_a_single_class_folder_is_refused_naming_the_folder(tmp_path, layout):
+    _folder(tmp_path, {layout: 3})
+    train_dir = tmp_path / layout.split("/")[0] if "/" in layout else tmp_path
+    for describe_or_load in (lambda: describe_dataset("folder", tmp_path),
+                             lambda: load_dataset("folder", tmp_path, "train")):
+        with pytest.raises(ValueError) as caught:
+            describe_or_load()
+        assert f"Expected at least 2 class folders in {train_dir} for single-label training, but found one: 'cat'" \
+            in str(caught.value)
+
+
+def test_a_flat_folder_holdout_is_never_empty_or_an_error_naming_the_folder(tmp_path):
+    spare = tmp_path / "spare"
+    _folder(spare, {"a": 1, "b": 1, "c": 2})  # only c can spare an image for validation
+    val = load_dataset("folder", spare, "val")
+    assert [Path(p).parent.name for p in val.paths] == ["c"]
+    assert sorted(load_dataset("folder", spare, "train").targets.tolist()) == [0, 1, 2]
+    lonely = tmp_path / "lonely"
+    _folder(lonely, {"a": 1, "b": 1})
+    with pytest.raises(ValueError, match=rf"with at least 2 images in {lonely} to hold out a validation split"):
+        load_dataset("folder", lonely, "val")
+
+
+def test_many_classes_only_in_validation_are_cut_to_a_short_line(tmp_path):
+    _folder(tmp_path, {"train/cat": 1, "train/dog": 1, **{f"val/new{k:02d}": 1 for k in range(15)}})
+    with pytest.raises(ValueError) as caught:
+        load_dataset("folder", tmp_path, "val")
+    message = str(caught.value)
+    assert "Classes ['new00', 'new01'," in message and "'new09', ...] and 5 more have images in" in message
 
 
 def test_folder_bad_files_are_excluded_and_reported_once(tmp_path, caplog):

@@ -52,9 +52,10 @@ def test_csv_multi_label_with_semicolons_and_split_column(tmp_path):
 )
 def test_csv_tag_separators(tmp_path, cells, expected):
     _images(tmp_path, 3)
-    rows = "\n".join(f"img/{i}.jpg,{cell}" for i, cell in enumerate(cells))
-    (tmp_path / "t.csv").write_text(f"image,labels\n{rows}\n")
-    dataset = load_dataset("csv", tmp_path / "t.csv", "train", val_fraction=0.01)
+    # Every row in train by its split column: a holdout always takes at least one row to val.
+    rows = "\n".join(f"img/{i}.jpg,{cell},train" for i, cell in enumerate(cells))
+    (tmp_path / "t.csv").write_text(f"image,labels,split\n{rows}\n")
+    dataset = load_dataset("csv", tmp_path / "t.csv", "train")
     names = [[dataset.classes[k] for k in np.flatnonzero(t)] for t in dataset.targets]
     assert sorted(names) == sorted(expected)
 

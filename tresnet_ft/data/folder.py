@@ -6,8 +6,9 @@ with ``.``, are ignored by the rule :mod:`tresnet_ft.data.files` shares with pre
     root/train/<class>/*.jpg   root/val/<class>/...   [root/test/<class>/...]
     root/<class>/*.jpg         (val is then a deterministic stratified holdout)
 
-Class names come from the training folders, sorted. A class folder with no readable image, or a
-class that appears only in ``val``/``test``, is an error that names it.
+Class names come from the training folders, sorted. A class folder with no readable image, a
+class that appears only in ``val``/``test``, or a training folder with a single class (nothing to
+tell it from) is an error that names it and the folder. Long lists of names are cut to the first 10.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from ..errors import InvalidValueError, MissingInputError
 from .base import DatasetInfo, ImageFileDataset, check_split
 from .files import image_files, visible_subfolders
-from .splits import holdout_mask
+from .splits import describe_names, holdout_mask
 from .unreadable import keep_readable
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,16 @@ SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"), "te
 
 def describe_folder(root: Path) -> DatasetInfo:
     """Task and class names (the training class folders)."""
-    return DatasetInfo("single_label", tuple(_class_names(_split_dir(Path(root), "train"))))
+    train_dir = _split_dir(Path(root), "train")
+    classes = _class_names(train_dir)
+    _check_several_classes(classes, train_dir)
+    return DatasetInfo("single_label", tuple(classes))
 
 
 def prepare_folder(root: Path, download: bool = False, progress: bool = True) -> None:
-    """Check the folder exists and has class folders (nothing to download)."""
-    describe_folder(root)
+    """Check the folder exists and has class folders (nothing to download). How many classes is
+    for :func:`describe_folder` and :func:`load_folder`, which name a class seen only in val/ first."""
+    _class_names(_split_dir(Path(root), "train"))
 
 
 def load_folder(
@@ -55,8 +60,11 @@ def load_folder(
     train_dir = _split_dir(root, "train")
     classes = _class_names(train_dir)
     own_dir = _split_dir(root, split) if split != "train" else train_dir
-    if own_dir is not None and own_dir != train_dir:
+    separate = own_dir is not None and own_dir != train_dir
+    if separate:  # first: a class only in val/ is the more specific mistake to name
         _check_no_unknown_classes(own_dir, classes, train_dir)
+    _check_several_classes(classes, train_dir)
+    if separate:
         paths, targets = _list_images(own_dir, classes, split)
         return _dataset(paths, targets, classes, f"folder/{split}")
     if split == "test":
@@ -67,7 +75,7 @@ def load_folder(
     if split == "train" and _split_dir(root, "val") not in (None, train_dir):
         return _dataset(paths, targets, classes, "folder/train")
     keys = [os.path.relpath(path, train_dir) for path in paths]
-    is_val = holdout_mask(keys, targets, val_fraction, seed)
+    is_val = holdout_mask(keys, targets, val_fraction, seed, source=str(train_dir))
     chosen = np.flatnonzero(is_val if split == "val" else ~is_val)
     return _dataset([paths[i] for i in chosen], targets[chosen], classes, f"folder/{split}")
 
@@ -95,11 +103,21 @@ def _class_names(folder: Path | None) -> list[str]:
     return names
 
 
+def _check_several_classes(classes: list[str], train_dir: Path) -> None:
+    """One class is nothing to learn: every image would get it, whatever it shows."""
+    if len(classes) < 2:
+        raise InvalidValueError(
+            f"Expected at least 2 class folders in {train_dir} for single-label training, but found one: "
+            f"{classes[0]!r}. Fix: add a folder for each other class ({train_dir}/<class>/); to tell "
+            f"{classes[0]!r} from everything else, add a folder of other images (e.g. {train_dir}/other/)."
+        )
+
+
 def _check_no_unknown_classes(folder: Path, classes: list[str], train_dir: Path) -> None:
     unknown = sorted(set(_class_names(folder)) - set(classes))
     if unknown:
         raise InvalidValueError(
-            f"Classes {unknown} have images in {folder} but no folder in {train_dir}: a model "
+            f"Classes {describe_names(unknown)} have images in {folder} but no folder in {train_dir}: a model "
             f"cannot learn them. Fix: add training images under {train_dir}/<class>/ or remove them."
         )
 
@@ -126,7 +144,7 @@ def _dataset(
         ]
         if empty:
             raise InvalidValueError(
-                f"{name}: classes {empty} have no readable training image. Fix: add images to "
+                f"{name}: classes {describe_names(empty)} have no readable training image. Fix: add images to "
                 "those class folders or remove the folders."
             )
     return ImageFileDataset(paths, targets, classes)
