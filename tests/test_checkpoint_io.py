@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.run_helpers import REPO
+from tests.run_helpers import REPO, error_line
 from tresnet_ft import UnsafeCheckpointError
 from tresnet_ft.training.checkpoint_io import SafeCheckpointIO, partial_path, save_atomically
 
@@ -144,3 +144,42 @@ def test_missing_truncated_and_foreign_files_are_explained(tmp_path):
         match=r"weights.pth is not a training checkpoint.*--model.pretrained",
     ):
         io.load_checkpoint(tmp_path / "weights.pth")
+
+
+# A tiny real fit (12 generated 32 px images, one epoch): best.ckpt is saved, then last.ckpt.
+_TINY_FIT = [
+    *(
+        "fit --recipe quickstart --logger csv --trainer.max_epochs 1 --data.image_size 32 "
+        "--data.batch_size 4 --trainer.log_every_n_steps 1 --trainer.enable_progress_bar false "
+        "--trainer.enable_model_summary false "
+        "--model.plots false --model.optimizer sgd"
+    ).split(),
+    *["--data.dataset_options", '{"num_images": 12}'],
+]
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_is_one_line_and_the_saved_checkpoint_survives(
+    tmp_path, monkeypatch, caplog
+):
+    """The disk fills up writing last.ckpt, after best.ckpt was saved: exit code 2 with one line
+    (the file, the free space, that nothing was lost, the fix), not a bug's traceback."""
+    from tresnet_ft.training import checkpoint_io
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    save = torch.save
+
+    def disk_fills_on_last(obj, handle, *args, **kwargs):
+        if Path(handle.name).name == partial_path(Path("last.ckpt")).name:
+            handle.write(b"PK\x03\x04 the first megabytes")
+            raise OSError(28, "No space left on device")
+        return save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", disk_fills_on_last)
+    line = error_line(caplog, [*_TINY_FIT, "--trainer.default_root_dir", str(tmp_path / "runs")])
+    folder = tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints"
+    assert line.startswith(f"error: No space left on device while writing {folder / 'last.ckpt'}; ")
+    assert f" free in {folder}. Nothing was written to {folder / 'last.ckpt'}. Fix: free space" in line
+    assert "checkpoints saved before are intact" in line and "--trainer.default_root_dir DIR." in line
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt"]
+    assert "state_dict" in SafeCheckpointIO().load_checkpoint(folder / "best.ckpt")

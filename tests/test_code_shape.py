@@ -21,6 +21,7 @@ MAX_FUNCTION_LINES = 60  # from ``def`` to the function's last line, docstring i
 # head (models/tresnet.py uses heads.create_head); a head never needs a backbone.
 LAYERS = [
     ["errors", "version"],
+    ["outputs"],  # writes files atomically; uses errors, used by every layer that writes for the user
     ["fetch"],
     ["heads", "losses"],
     ["models"],

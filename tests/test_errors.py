@@ -23,7 +23,8 @@ PACKAGE = Path(tresnet_ft.__file__).parent
 @pytest.mark.parametrize("error_type, builtin", [
     (errors.InvalidValueError, ValueError), (errors.MissingInputError, FileNotFoundError),
     (errors.MissingPackageError, ImportError), (errors.UnavailableError, RuntimeError),
-    (errors.TrainingDivergedError, FloatingPointError), (DatasetNotFoundError, FileNotFoundError),
+    (errors.TrainingDivergedError, FloatingPointError), (errors.DiskFullError, OSError),
+    (DatasetNotFoundError, FileNotFoundError),
     (UnreadableImageError, ValueError), (UnsafeCheckpointError, ValueError), (CorruptCheckpointError, ValueError),
     (WeightsUnavailableError, RuntimeError),
 ])

@@ -2,10 +2,14 @@
 their sidecar JSON is enough to use them without this package."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import stat
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +23,10 @@ from tests.classifier_builders import (
     reference_model,
     single_label_checkpoint,
 )
+from tests.run_helpers import error_line
 from tresnet_ft import UnsafeCheckpointError
 from tresnet_ft.inference.export import ExportCheckError, _onnx_runner, export_model
+from tresnet_ft.outputs import DiskFullError
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -200,3 +206,58 @@ def test_checkpoint_mistakes_are_explained(tmp_path):
         export_model(tmp_path / "pickled.ckpt", "torchscript", tmp_path / "model.pt")
     with pytest.raises(ValueError, match="is a folder"):
         export_model(single_label_checkpoint(), "onnx", tmp_path)
+
+
+# --- the outputs: whole or not at all, never over what is not ours --------------------------------
+
+def test_outputs_that_are_not_ours_to_replace_are_one_line(tmp_path, caplog):
+    checkpoint = tmp_path / "copy.ckpt"
+    checkpoint.write_bytes(single_label_checkpoint().read_bytes())
+    before = checkpoint.read_bytes()
+    (tmp_path / "model.onnx.json").mkdir()  # where the sidecar would go
+    (tmp_path / "null.onnx").symlink_to(os.devnull)
+    export = ["export", str(checkpoint), "--format", "onnx", "-o"]
+    assert error_line(caplog, [*export, str(tmp_path / "model.onnx")]) == (
+        f"error: Expected the output to be a file path, but {tmp_path / 'model.onnx.json'} is a folder. "
+        f"Fix: move {tmp_path / 'model.onnx.json'} away (the sidecar is always the model's path plus .json), "
+        "or choose another -o.")
+    assert (f"{tmp_path / 'null.onnx'} is a character device; writing the output would replace it"
+            in error_line(caplog, [*export, str(tmp_path / "null.onnx")]))
+    assert f"but {checkpoint} is the input {checkpoint}" in error_line(caplog, [*export, str(checkpoint)])
+    assert checkpoint.read_bytes() == before and stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.ckpt", "model.onnx.json", "null.onnx"]
+
+
+def test_a_failed_export_or_sidecar_keeps_the_previous_files(tmp_path, monkeypatch, jit_is_deprecated):
+    """A writer that dies half-way, then a disk that fills up on the sidecar: each time the previous
+    model and sidecar stay byte for byte and no partial file is left."""
+    import tresnet_ft.inference.export as export_module
+
+    output = tmp_path / "model.pt"
+    old = {output: b"previous model", tmp_path / "model.pt.json": b'{"previous": true}\n'}
+    for path, data in old.items():
+        path.write_bytes(data)
+
+    def dies_half_way(format, model, example, path, opset):
+        path.write_bytes(b"PK\x03\x04 half a TorchScript zip")
+        raise RuntimeError("exporter crashed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export_module, "_write", dies_half_way)
+        with pytest.raises(RuntimeError, match="exporter crashed"):
+            export_model(single_label_checkpoint(), "torchscript", output, check=False)
+    assert {path: path.read_bytes() for path in tmp_path.iterdir()} == old
+
+    write_text = Path.write_text
+
+    def disk_full_on_the_sidecar(self, text, *args, **kwargs):
+        if self.name.endswith(".json.partial"):
+            write_text(self, text[:10], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", disk_full_on_the_sidecar)
+    with pytest.raises(DiskFullError, match=rf"No space left on device while writing {output}.json; .* free in "
+                                            r".*\. The previous model.pt.json is intact"):
+        export_model(single_label_checkpoint(), "torchscript", output, check=False)
+    assert {path: path.read_bytes() for path in tmp_path.iterdir()} == old

@@ -5,8 +5,11 @@ import csv
 import json
 import logging
 import os
+import signal
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +27,12 @@ from tests.classifier_builders import (
     write_image,
     write_photo_folder,
 )
+from tests.run_helpers import error_line, start_command
 from tresnet_ft import UnsafeCheckpointError
 from tresnet_ft.classifier.checkpoint import ClassifierInfo, LoadedClassifier
 from tresnet_ft.data import EvalPreprocessing
 from tresnet_ft.inference.predict import predict_to_file
+from tresnet_ft.outputs import partial_path
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +160,9 @@ def test_a_threshold_override_applies_to_every_tag(multi_label, photos, tmp_path
 
 def test_rows_reach_the_file_as_each_batch_finishes(photos, tmp_path, monkeypatch):
     """The model sees batch i+1 only after batch i's rows are on disk: nothing is held back.
-    (A stand-in model: this is about the loop and the writer, not the network.)"""
+    The rows stream into the hidden partial file beside the output, which appears only, whole,
+    at the end (the output is atomic). (A stand-in model: this is about the loop and the writer,
+    not the network.)"""
     import tresnet_ft.inference.predict as predict_module
 
     folder, _, _ = photos
@@ -164,7 +171,8 @@ def test_rows_reach_the_file_as_each_batch_finishes(photos, tmp_path, monkeypatc
 
     def model(images):
         assert images.shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE)
-        lines_on_disk_at_each_batch.append(len(output.read_text().splitlines()))
+        assert not output.exists(), "a run still going must not leave a file that looks complete"
+        lines_on_disk_at_each_batch.append(len(partial_path(output).read_text().splitlines()))
         return torch.zeros(len(images), len(CLASSES))
 
     info = ClassifierInfo(arch="tresnet_m", classes=CLASSES, task="single_label",
@@ -174,6 +182,7 @@ def test_rows_reach_the_file_as_each_batch_finishes(photos, tmp_path, monkeypatc
     # Sorted paths in batches of 2: [a, b] [broken, c] [f, d] [e, empty] [g] -> 2, 1, 2, 1, 1 rows.
     assert lines_on_disk_at_each_batch == [1, 3, 4, 6, 7]
     assert len(output.read_text().splitlines()) == 8
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["predictions.csv"]  # the partial was renamed
 
 
 def test_a_run_with_no_readable_image_writes_just_the_header(photos, tmp_path, monkeypatch):
@@ -301,3 +310,82 @@ def test_a_threshold_is_refused_for_single_label_and_bad_values(single_label, ph
                         progress=False)
     with pytest.raises(ValueError, match="top_k to be an integer of at least 1, but got 0"):
         predict_to_file(single_label, [photos[0]], tmp_path / "p.csv", top_k=0, progress=False)
+
+
+# --- the output: whole or not at all, never over what is not ours ---------------------------------
+
+def test_an_output_that_is_an_input_or_not_a_regular_file_is_one_line(single_label, photos, tmp_path, caplog):
+    _, readable, _ = photos
+    table = tmp_path / "list.csv"
+    table.write_text(f"image\n{readable[0]}\n", encoding="utf-8")
+    (tmp_path / "to_image.csv").symlink_to(readable[1])  # an input image, under an output's name
+    (tmp_path / "folder.csv").mkdir()
+    os.mkfifo(tmp_path / "pipe.csv")
+    predict = ["predict", str(single_label), str(table), str(readable[1]), "-o"]
+    assert error_line(caplog, [*predict, str(table)]) == (
+        f"error: Expected the output to be a file other than the inputs, but {table} is the input {table}; "
+        "writing it would replace that input. Fix: choose another output path, e.g. -o list_out.csv.")
+    assert f"is the input {readable[1]}" in error_line(caplog, [*predict, str(tmp_path / "to_image.csv")])
+    assert error_line(caplog, [*predict, str(tmp_path / "folder.csv")]) == (
+        f"error: Expected the output to be a file path, but {tmp_path / 'folder.csv'} is a folder. "
+        f"Fix: name a file inside it, e.g. -o {tmp_path / 'folder.csv' / 'predictions.csv'}.")
+    assert "pipe.csv is a FIFO (named pipe); writing the output would replace it" in error_line(
+        caplog, [*predict, str(tmp_path / "pipe.csv")])
+    assert table.read_text(encoding="utf-8") == f"image\n{readable[0]}\n" and (tmp_path / "folder.csv").is_dir()
+    assert stat.S_ISFIFO(os.stat(tmp_path / "pipe.csv").st_mode) and (tmp_path / "to_image.csv").is_symlink()
+
+
+def test_an_error_mid_run_keeps_the_previous_output_whole(photos, tmp_path, monkeypatch):
+    import tresnet_ft.inference.predict as predict_module
+
+    output = tmp_path / "predictions.jsonl"
+    output.write_bytes(b'{"path": "old run", "labels": ["ant"], "probabilities": [1.0]}\n')
+    before = output.read_bytes()
+    batches = []
+
+    def model(images):  # the second batch fails, after the first batch's rows were written
+        batches.append(len(images))
+        if len(batches) == 2:
+            raise RuntimeError("out of memory on batch 2")
+        return torch.zeros(len(images), len(CLASSES))
+
+    info = ClassifierInfo(arch="tresnet_m", classes=CLASSES, task="single_label",
+                          preprocessing=EvalPreprocessing(IMAGE_SIZE))
+    monkeypatch.setattr(predict_module, "load_fused_classifier", lambda *_: LoadedClassifier(model, info))
+    with pytest.raises(RuntimeError, match="out of memory on batch 2"):
+        predict_to_file("unused.ckpt", [photos[0]], output, batch_size=2, num_workers=0, progress=False)
+    assert output.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [output.name]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+@pytest.mark.parametrize("previous", [b"path,top1_label,top1_prob\nold.png,ant,1.0\n", None])
+def test_sigkill_mid_run_leaves_the_old_output_or_none(single_label, tmp_path, previous):
+    """``tresnet-ft predict`` killed after its first rows: the output is the previous file byte for
+    byte (or absent), and the rows so far sit only in the hidden ``.partial``, which says what it is."""
+    images = [write_image(tmp_path / "many" / f"{i:03d}.png", image)
+              for i, image in enumerate(distinct_images(8, height=16, width=16) * 40)]
+    output = tmp_path / "out" / "predictions.csv"
+    output.parent.mkdir()
+    if previous is not None:
+        output.write_bytes(previous)
+    process = start_command(["predict", str(single_label), str(tmp_path / "many"), "-o", str(output),
+                             "--batch-size", "1", "--top-k", "1"], cwd=tmp_path)
+    partial, deadline = partial_path(output), time.monotonic() + 300
+    try:
+        while not (partial.exists() and len(partial.read_bytes().splitlines()) >= 3):  # header + 2 rows
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no rows were written in time"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        stderr = process.communicate()[1]
+    assert process.returncode == -signal.SIGKILL, stderr[-3000:]
+    if previous is None:
+        assert not output.exists(), stderr[-3000:]
+    else:
+        assert output.read_bytes() == previous, stderr[-3000:]
+    # The only other file is the hidden, clearly named partial, and it is visibly short.
+    assert {p.name for p in output.parent.iterdir()} - {output.name} == {".predictions.csv.partial"}
+    assert 3 <= len(partial.read_bytes().splitlines()) < len(images) + 1

@@ -28,9 +28,16 @@ class UnavailableError(UserError, RuntimeError):
     """Something to fetch could not be fetched now (offline, no such file on the server)."""
 
 
+class DiskFullError(UserError, OSError):
+    """The disk (or the user's quota) filled up while writing an output; the previous file is intact.
+
+    An ``OSError`` too, with the original ``errno``, so code that handles disk errors still catches it.
+    """
+
+
 class TrainingDivergedError(UserError, FloatingPointError):
     """The training loss became NaN or infinite (the message names the step and likely causes)."""
 
 
-__all__ = ["InvalidValueError", "MissingInputError", "MissingPackageError", "TrainingDivergedError",
+__all__ = ["DiskFullError", "InvalidValueError", "MissingInputError", "MissingPackageError", "TrainingDivergedError",
            "UnavailableError", "UserError"]

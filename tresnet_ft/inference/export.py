@@ -15,16 +15,18 @@ runs the file with ``onnxruntime`` (also a dependency; without it the export is 
 with a warning that names the ``pip install``).
 TorchScript is a trace (``torch.jit.trace``), loadable with ``torch.jit.load`` without this package.
 
-The file is written next to ``output`` under a temporary name, run on a sample batch and compared
-with the checkpoint's own (unfused) PyTorch model, and only then moved to ``output``: a failed
-check never leaves a file that looks like a finished export. ``<output>.json`` (the sidecar) holds
-classes, task, image size, resize rule, mean/std and thresholds as plain JSON.
+The file is written next to ``output`` under a temporary name (:func:`tresnet_ft.outputs.atomic_output`),
+run on a sample batch and compared with the checkpoint's own (unfused) PyTorch model, and only then
+renamed to ``output``: a failed check, an error or a killed export never leaves a file that looks like
+a finished export, and a previous export stays as it was. ``<output>.json`` (the sidecar) holds
+classes, task, image size, resize rule, mean/std and thresholds as plain JSON; it is written the
+same way, just before the model is renamed into place. Neither output may be a folder, a device or
+the checkpoint itself.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -39,9 +41,10 @@ from ..classifier.checkpoint import ClassifierInfo
 from .exportable import INPUT_DTYPES, exportable_model, sample_batch
 from .loading import open_checkpoint
 from ..fetch.packages import import_package
-from .sidecar import sidecar_metadata, write_sidecar
+from .sidecar import check_sidecar, sidecar_metadata, write_sidecar
 from ..models.fuse import fuse_for_inference
 from ..errors import InvalidValueError
+from ..outputs import atomic_output, check_output
 
 log = logging.getLogger(__name__)
 
@@ -115,20 +118,24 @@ def export_model(checkpoint: str | Path, format: str, output: Path, opset: int =
         tolerance: allowed ``max |logits - reference|``, relative to ``max(1, max |reference|)``.
 
     Raises:
-        ValueError: unknown format or input_dtype, a bad batch size, or not a tresnet-ft checkpoint.
+        ValueError: unknown format or input_dtype, a bad batch size, or not a tresnet-ft checkpoint;
+            ``output`` or its sidecar is a folder, a device, a FIFO or a socket, or the checkpoint.
         FileNotFoundError: the checkpoint does not exist.
         ExportCheckError: the check found larger differences than ``tolerance`` (nothing is written).
+        DiskFullError: the disk filled up while writing (previous files are kept as they were).
     """
-    _check_options(format, batch_size_check, output, input_dtype)
+    _check_options(format, batch_size_check, input_dtype)
+    output, started = Path(output), time.perf_counter()
+    # Both outputs are checked before anything slow: neither may be a folder, a device or the checkpoint.
+    check_output(output, [checkpoint], example_name=_example_name(format))
+    check_sidecar(output, [checkpoint])
     if format == "onnx":  # before the checkpoint loads: a missing package fails fast
         import_package("onnx", "ONNX export")
-    output, started = Path(output), time.perf_counter()
     loaded = open_checkpoint(checkpoint)
     info = loaded.info
     model = exportable_model(fuse_for_inference(loaded.model), info, input_dtype)
-    partial = output.with_name(f".{output.name}.partial")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    opset_used = opset if format == "onnx" else None
+    with atomic_output(output, [checkpoint], example_name=_example_name(format)) as partial:
         _write(format, model, sample_batch(info, batch_size_check, input_dtype), partial, opset)
         checked_with, sizes, diff, unchecked = None, (), None, "the check was turned off (check=False)"
         if check:
@@ -136,18 +143,22 @@ def export_model(checkpoint: str | Path, format: str, output: Path, opset: int =
             checked_with, sizes, diff = _check_export(format, partial, reference, info, batch_size_check,
                                                       input_dtype, tolerance)
             unchecked = None if checked_with else "onnxruntime is not installed (pip install onnxruntime)"
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
-    opset_used = opset if format == "onnx" else None
-    sidecar = write_sidecar(output, sidecar_metadata(info, output.name, format, input_dtype, opset_used, diff))
+        # Written (atomically) before the model is renamed into place, so a new model never
+        # appears without its sidecar; a kill between the two renames leaves the new sidecar next
+        # to the previous model (or to none).
+        sidecar = write_sidecar(output, sidecar_metadata(info, output.name, format, input_dtype, opset_used, diff),
+                                inputs=[checkpoint])
     report = ExportReport(format, output, sidecar, input_dtype, info.image_size, opset_used, checked_with,
                           sizes, diff, time.perf_counter() - started, unchecked)
     log.info("%s", report)
     return report
 
 
-def _check_options(format: str, batch_size_check: int, output: Path, input_dtype: str) -> None:
+def _example_name(format: str) -> str:
+    return "model.onnx" if format == "onnx" else "model.pt"
+
+
+def _check_options(format: str, batch_size_check: int, input_dtype: str) -> None:
     if format not in FORMATS:
         raise InvalidValueError(f"Expected format to be one of {list(FORMATS)}, but got {format!r}. "
                          "Fix: --format onnx or --format torchscript.")
@@ -155,9 +166,6 @@ def _check_options(format: str, batch_size_check: int, output: Path, input_dtype
         raise InvalidValueError(f"Expected input_dtype to be one of {list(INPUT_DTYPES)}, but got {input_dtype!r}.")
     if isinstance(batch_size_check, bool) or not isinstance(batch_size_check, int) or batch_size_check < 1:
         raise InvalidValueError(f"Expected batch_size_check to be an integer of at least 1, but got {batch_size_check!r}.")
-    if Path(output).is_dir():
-        raise InvalidValueError(f"Expected output to be a file path, but {output} is a folder. "
-                         f"Fix: e.g. -o {Path(output) / ('model.onnx' if format == 'onnx' else 'model.pt')}.")
 
 
 @contextlib.contextmanager

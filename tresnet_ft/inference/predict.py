@@ -27,9 +27,10 @@ from ..data.unreadable import describe_paths
 from .inputs import list_image_paths
 from ..data.workers import default_num_workers
 from .loading import load_fused_classifier
-from .rows import OUTPUT_SUFFIXES, PredictionWriter, thresholded_rows, top_k_rows
+from .rows import EXAMPLE_OUTPUT, OUTPUT_SUFFIXES, PredictionWriter, thresholded_rows, top_k_rows
 from .stream import FloatInput, ImageBatchStream, make_batch_loader
 from ..errors import InvalidValueError
+from ..outputs import check_output
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +95,21 @@ def predict_to_file(checkpoint: str | Path, inputs: Sequence[str | Path], output
         with their count and the first few), never fatal.
 
     Raises:
-        ValueError: bad ``output`` suffix, ``top_k``, ``threshold`` or ``batch_size``; not a tresnet-ft
-            checkpoint (or an unsafe pickle); a table without an ``image`` column; no images found.
+        ValueError: bad ``output`` suffix, ``top_k``, ``threshold`` or ``batch_size``; an ``output`` that
+            is a folder, a device, a FIFO or a socket, or one of the files read (an input table, an
+            image, the checkpoint); not a tresnet-ft checkpoint (or an unsafe pickle); a table
+            without an ``image`` column; no images found.
         FileNotFoundError: the checkpoint or an input does not exist.
+        DiskFullError: the disk filled up while writing ``output`` (an old ``output`` is kept as it was).
+
+    ``output`` is replaced only when every row is written (see :class:`PredictionWriter`): an error
+    or a killed run leaves the previous file (or none), never a short one that looks complete.
     """
     output = Path(output)
     _check_options(output, top_k, threshold, batch_size)
     paths = list_image_paths(inputs)  # before the model loads: input mistakes fail fast
+    # Every file read is stat'ed only when the output exists (a rerun): none can be it otherwise.
+    check_output(output, [checkpoint, *inputs, *paths], example_name=EXAMPLE_OUTPUT)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     classifier = load_fused_classifier(checkpoint, device)
     _check_threshold_fits_task(threshold, classifier.info.task, checkpoint)
@@ -143,6 +152,7 @@ def _run(classifier: LoadedClassifier, paths: list[str], summary: PredictSummary
 
 
 def _check_options(output: Path, top_k: int, threshold: float | None, batch_size: int) -> None:
+    check_output(output, example_name=EXAMPLE_OUTPUT)  # a folder is named as one, before its suffix
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise InvalidValueError(f"Expected the output file to end in {' or '.join(OUTPUT_SUFFIXES)}, but got "
                          f"{output}. Fix: e.g. -o predictions.csv or -o predictions.jsonl.")

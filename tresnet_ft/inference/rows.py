@@ -12,6 +12,7 @@ Rows per task (probabilities and scores rounded to 6 decimals):
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from collections.abc import Sequence
@@ -20,7 +21,10 @@ from typing import IO, Any
 
 import torch
 
+from ..outputs import atomic_output
+
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
+EXAMPLE_OUTPUT = "predictions.csv"  # the file name that fixes in error messages suggest
 DECIMALS = 6
 TAG_SEPARATOR = ";"
 
@@ -50,26 +54,33 @@ def thresholded_rows(paths: Sequence[str], logits: torch.Tensor, classes: Sequen
 
 class PredictionWriter:
     """Appends rows to ``path`` (``.csv`` or ``.jsonl``), flushing after each batch so a long run's
-    results are on disk as it goes. Use as a context manager."""
+    results are on disk as it goes, in a hidden ``.<name>.partial`` beside ``path``
+    (:func:`tresnet_ft.outputs.atomic_output`). Use as a context manager: leaving it normally
+    renames the finished file over ``path``; an error, or a killed run, leaves ``path`` as it was
+    (an old file, or none), never a short file that looks complete."""
 
     def __init__(self, path: Path, task: str, top_k: int) -> None:
         self.path, self.task, self.top_k = Path(path), task, top_k
         self.format = self.path.suffix.lower()
         self._handle: IO[str] | None = None
         self._csv: Any = None
+        self._output = contextlib.ExitStack()
 
     def __enter__(self) -> PredictionWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "w", newline="", encoding="utf-8")
-        if self.format == ".csv":
-            self._csv = csv.writer(self._handle)
-            self._csv.writerow(self._csv_header())
-            self._handle.flush()  # a run that finds nothing readable still leaves a valid file
+        # An error before this returns unwinds the stack with it, so the partial file goes too.
+        with contextlib.ExitStack() as stack:
+            partial = stack.enter_context(atomic_output(self.path, example_name=EXAMPLE_OUTPUT))
+            self._handle = stack.enter_context(open(partial, "w", newline="", encoding="utf-8"))
+            if self.format == ".csv":
+                self._csv = csv.writer(self._handle)
+                self._csv.writerow(self._csv_header())
+                self._handle.flush()  # a run that finds nothing readable still leaves a valid file
+            self._output = stack.pop_all()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        if self._handle is not None:
-            self._handle.close()
+    def __exit__(self, *exc_info: Any) -> bool | None:
+        # Closes the file, then renames it into place, or on an error removes it.
+        return self._output.__exit__(*exc_info)
 
     def write(self, rows: Sequence[Row]) -> None:
         assert self._handle is not None, "use PredictionWriter as a context manager"

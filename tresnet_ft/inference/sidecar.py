@@ -7,6 +7,8 @@ thresholds. Only plain JSON values (lists, numbers, strings).
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import torch
 
 from ..version import __version__
 from ..classifier.checkpoint import ClassifierInfo
+from ..outputs import atomic_output, check_output
 
 SIDECAR_SUFFIX = ".json"
 
@@ -42,10 +45,34 @@ def sidecar_metadata(info: ClassifierInfo, model_file: str, export_format: str, 
     }
 
 
-def write_sidecar(model_path: Path, metadata: dict[str, Any]) -> Path:
+def check_sidecar(model_path: Path, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse a sidecar path that is not ours to replace (:func:`tresnet_ft.outputs.check_output`).
+
+    Raises:
+        InvalidValueError: ``<model_path>.json`` is a folder, a device, a FIFO or a socket, or one of ``inputs``.
+    """
+    return check_output(sidecar_path(model_path), inputs, fix=_sidecar_fix(model_path))
+
+
+def write_sidecar(model_path: Path, metadata: dict[str, Any], inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Write ``metadata`` to ``<model_path>.json`` atomically: a previous sidecar stays whole until
+    the new one is complete (:func:`tresnet_ft.outputs.atomic_output`).
+
+    Raises:
+        InvalidValueError: see :func:`check_sidecar`.
+        DiskFullError: the disk filled up; a previous sidecar is kept as it was.
+    """
     path = sidecar_path(model_path)
-    path.write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"
+    with atomic_output(path, inputs, fix=_sidecar_fix(model_path)) as partial:
+        partial.write_text(text, encoding="utf-8")
     return path
+
+
+def _sidecar_fix(model_path: Path) -> str:
+    # The sidecar's name follows the model's, so the fix is another -o (or moving the old thing away).
+    return (f"move {sidecar_path(model_path)} away (the sidecar is always the model's path plus "
+            f"{SIDECAR_SUFFIX}), or choose another -o")
 
 
 def _preprocessing(info: ClassifierInfo, input_dtype: str) -> dict[str, Any]:

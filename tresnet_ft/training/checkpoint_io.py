@@ -22,6 +22,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..models.weights import read_checkpoint
 from ..errors import InvalidValueError, MissingInputError
+from ..outputs import atomic_output, partial_path
 
 # What a checkpoint path may be; our own alias, as Lightning's (``_PATH``) is private.
 CheckpointPath = str | os.PathLike
@@ -31,42 +32,30 @@ LIGHTNING_VERSION_KEY = (
 )
 
 
-def partial_path(path: Path) -> Path:
-    """Where ``path`` is written before it is renamed into place (hidden, same folder)."""
-    return path.with_name(f".{path.name}.partial")
+# What to do when the disk fills up mid-save (the save itself left every earlier file as it was).
+CHECKPOINT_DISK_FULL_FIX = (
+    "free space on that disk and run again (checkpoints saved before are intact; --ckpt_path last "
+    "resumes from the newest last.ckpt), or put the runs on a disk with room with "
+    "--trainer.default_root_dir DIR"
+)
 
 
 def save_atomically(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
-    """``torch.save`` to a hidden file in ``path``'s folder, flush it to disk, then rename it.
+    """``torch.save`` to a hidden ``.<name>.partial`` in ``path``'s folder, flush it to disk, then
+    rename it over ``path`` (:func:`tresnet_ft.outputs.atomic_output`).
 
     ``os.replace`` is atomic within a filesystem: readers see the old file or the new one, never
     a mix. A crash before the rename leaves the old file intact and a stale ``.partial``, which
     the next save of the same path overwrites; an exception removes the ``.partial`` at once.
+
+    Raises:
+        DiskFullError: the disk or quota filled up (one line: the file, the free space, the fix).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(path)
-    try:
+    with atomic_output(path, example_name="last.ckpt", disk_full_fix=CHECKPOINT_DISK_FULL_FIX) as partial:
         with open(partial, "wb") as handle:
             torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    _sync_folder(path.parent)
     return path
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the rename itself durable (a power cut could otherwise lose it); POSIX only."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
