@@ -152,3 +152,15 @@ def test_unreadable_images_in_workers_are_reported_once_at_teardown(tmp_path, ca
     assert (
         "Skipped 1 unreadable image(s)" in reports[0] and "dog/2.jpg (truncated JPEG" in reports[0]
     )
+
+
+def test_a_split_left_without_readable_images_is_one_clear_error(tmp_path):
+    """Every held-out image unreadable would mean no metric and no best checkpoint: refuse it."""
+    for name in ("cat", "dog"):
+        for i in range(3):
+            write_jpeg(tmp_path / "train" / name / f"{i}.jpg", 24, 24, seed=i)
+            (tmp_path / "val" / name).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "val" / name / f"{i}.jpg").write_bytes(b"not an image at all")
+    dm = ImageDataModule("folder", root=str(tmp_path), image_size=32, batch_size=2, num_workers=0)
+    with pytest.raises(ValueError, match=r"folder/val has no readable image under .*nothing to evaluate"):
+        dm.setup("fit")

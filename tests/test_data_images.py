@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -151,3 +152,97 @@ def test_skips_in_loader_workers_are_summed_through_the_log_file(tmp_path):
     summary = dataset.unreadable.summary()
     assert summary.startswith("Skipped 2 unreadable image(s)")
     assert "1.jpg" in summary and "4.jpg" in summary
+
+
+# -- valid images are valid; a run of bad files does not stop an epoch ---------------------------
+
+
+def _motion_photo_tail(size: int) -> bytes:
+    """Bytes like the MP4 a phone appends to a "motion photo", without a JPEG end marker in them."""
+    video = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8).tobytes()
+    return b"\x00\x00\x00\x18ftypmp42" + video.replace(b"\xff\xd9", b"\xff\x00")
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_with_data_after_its_end_decodes_like_the_jpeg_alone(tmp_path, progressive):
+    image_module = pytest.importorskip("PIL.Image")
+    buffer = io.BytesIO()
+    pixels = write_jpeg(tmp_path / "source.jpg", 48, 64)
+    image_module.fromarray(pixels).save(buffer, "JPEG", quality=90, progressive=progressive)
+    alone = buffer.getvalue()
+    for tail in (_motion_photo_tail(300_000), b"\x00" * 8000, b"XMP metadata " * 400):
+        path = tmp_path / "motion.jpg"
+        path.write_bytes(alone + tail)
+        assert np.array_equal(read_image(path), decode_image(alone))
+        assert read_image(path, min_size=24).shape == (24, 32, 3)
+
+
+def test_the_end_of_a_jpeg_is_found_by_its_structure_not_its_last_bytes():
+    from tresnet_ft.data.images import jpeg_end
+
+    main = cv2.imencode(".jpg", np.full((64, 64, 3), 77, np.uint8))[1].tobytes()
+    thumbnail = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    body = b"Exif\x00\x00" + thumbnail  # an APP1 segment carrying a JPEG thumbnail, end marker included
+    with_thumbnail = main[:2] + b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body + main[2:]
+    assert jpeg_end(with_thumbnail) == len(with_thumbnail)
+    assert jpeg_end(with_thumbnail + b"appended") == len(with_thumbnail)
+    cut = with_thumbnail[:-200]  # the thumbnail's end marker is still in the last 4 KB
+    assert jpeg_end(cut) is None
+    with pytest.raises(UnreadableImageError, match="truncated JPEG"):
+        decode_image(cut)
+
+
+def _files_with_unreadable(tmp_path, count: int, bad: set[int]) -> list:
+    paths = []
+    for i in range(count):
+        paths.append(tmp_path / f"{i:03d}.jpg")
+        write_jpeg(paths[-1], 10, 10, seed=i)
+        if i in bad:
+            paths[-1].write_bytes(paths[-1].read_bytes()[:100])
+    return paths
+
+
+def test_a_long_run_of_unreadable_files_does_not_stop_the_epoch(tmp_path, monkeypatch):
+    import tresnet_ft.data.base as base
+
+    paths = _files_with_unreadable(tmp_path, 60, set(range(10, 40)))  # 30 in a row, half the files
+    decoded = []
+    monkeypatch.setattr(base, "read_image", lambda path, *args: decoded.append(path) or read_image(path, *args))
+    dataset = ImageFileDataset(paths, np.zeros(60, dtype=np.int64), ["a"])
+    images = [dataset[i][0] for i in range(60)]
+    assert all(np.array_equal(images[i], images[40]) for i in range(10, 40))  # all replaced by item 40
+    assert dataset.unreadable.summary().startswith("Skipped 30 unreadable image(s)")
+    # Each bad file is decoded once, however many items scan past it for a substitute.
+    assert sorted(path for path in decoded if int(Path(path).stem) in range(10, 40)) == [str(p) for p in paths[10:40]]
+
+
+def test_a_high_share_of_unreadable_files_stops_with_the_share_and_the_fix(tmp_path, monkeypatch):
+    from tresnet_ft.data.unreadable import TooManyUnreadableError
+
+    paths = _files_with_unreadable(tmp_path, 40, {i for i in range(40) if i % 4})  # 75%, runs of 3
+    dataset = ImageFileDataset(paths, np.zeros(40, dtype=np.int64), ["a"])
+    for i in range(39):
+        dataset[i]  # judged only once every file has been asked for (fewer than 256)
+    with pytest.raises(TooManyUnreadableError) as stopped:
+        dataset[39]
+    message = str(stopped.value)
+    assert message.startswith(f"30 of the 40 images read from {tmp_path} (75%) are unreadable, more than "
+                              "the limit of 50%: ")
+    assert "max_unreadable_share" in message and "TRESNET_FT_MAX_UNREADABLE_SHARE" in message
+    tolerant = ImageFileDataset(paths, np.zeros(40, dtype=np.int64), ["a"], max_unreadable_share=0.8)
+    assert len([tolerant[i] for i in range(40)]) == 40
+    monkeypatch.setenv("TRESNET_FT_MAX_UNREADABLE_SHARE", "0.8")
+    from_env = ImageFileDataset(paths, np.zeros(40, dtype=np.int64), ["a"])
+    assert from_env.max_unreadable_share == 0.8 and len([from_env[i] for i in range(40)]) == 40
+
+
+def test_the_stop_crosses_a_loader_worker_as_one_line(tmp_path):
+    from tresnet_ft.data.unreadable import TooManyUnreadableError
+
+    paths = _files_with_unreadable(tmp_path, 8, set(range(8)))
+    dataset = ImageFileDataset(paths, np.zeros(8, dtype=np.int64), ["a"])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=1)
+    with pytest.raises(TooManyUnreadableError) as stopped:
+        next(iter(loader))
+    assert str(stopped.value).startswith(f"all 8 images in {tmp_path} are unreadable")
+    assert "\n" not in str(stopped.value) and "Traceback" not in str(stopped.value)

@@ -15,8 +15,9 @@ from typing import Literal
 import numpy as np
 from torch.utils.data import Dataset
 
-from .images import UnreadableImageError, read_image
-from .unreadable import UnreadableLog
+from .images import ImageLimits, UnreadableImageError, read_image
+from .unreadable import (SHARE_SAMPLE, UnreadableLog, dataset_folder, resolve_max_unreadable_share,
+                         too_many_unreadable)
 from ..errors import InvalidValueError
 
 Task = Literal["single_label", "multi_label"]
@@ -135,9 +136,12 @@ class ImageFileDataset(LabelledDataset):
             (set by the DataModule to the training resolution; None decodes full size).
         skip_unreadable: replace an image that fails to decode by the next readable item and
             record it in ``self.unreadable`` (True), or raise :class:`UnreadableImageError`.
+        limits: the most bytes and pixels one image may take; None:
+            :meth:`~tresnet_ft.data.images.ImageLimits.resolve` (environment variables, defaults).
+        max_unreadable_share: stop (raise :class:`~tresnet_ft.data.unreadable.TooManyUnreadableError`)
+            when more than this share of the images asked for are unreadable (see ``unreadable.py``);
+            None: ``$TRESNET_FT_MAX_UNREADABLE_SHARE``, else 0.5.
     """
-
-    max_substitutes = 16  # give up (and raise) after this many unreadable files in a row
 
     def __init__(
         self,
@@ -147,6 +151,8 @@ class ImageFileDataset(LabelledDataset):
         task: Task = "single_label",
         min_decode_size: int | None = None,
         skip_unreadable: bool = True,
+        limits: ImageLimits | None = None,
+        max_unreadable_share: float | None = None,
     ) -> None:
         super().__init__(targets, classes, task)
         if len(paths) != len(self.targets):
@@ -156,21 +162,50 @@ class ImageFileDataset(LabelledDataset):
         self.paths = [str(path) for path in paths]
         self.min_decode_size = min_decode_size
         self.skip_unreadable = skip_unreadable
+        self.limits = limits or ImageLimits.resolve()
+        self.max_unreadable_share = resolve_max_unreadable_share(max_unreadable_share)
         self.unreadable = UnreadableLog()
+        # Per process (each DataLoader worker has its own copy): the items asked for, how many of
+        # them were unreadable, and every file found unreadable with its reason, so that a bad
+        # file is decoded once, however many items scan past it for a substitute.
+        self._asked, self._asked_unreadable = 0, 0
+        self._bad: dict[int, str] = {}
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, Target]:
-        for attempt in range(self.max_substitutes):
-            item = (index + attempt) % len(self.paths)
-            try:
-                return read_image(self.paths[item], self.min_decode_size), self.target(item)
-            except UnreadableImageError as error:
-                if not self.skip_unreadable:
-                    raise
-                self.unreadable.record(error.source, error.reason)
-        raise UnreadableImageError(
-            self.paths[index],
-            f"it and the next {self.max_substitutes - 1} files are all unreadable",
-        )
+        self._asked += 1
+        for offset in range(len(self.paths)):
+            item = (index + offset) % len(self.paths)
+            image = self._read(item)
+            if offset == 0:  # the share counts the items asked for, not the substitutes tried
+                self._asked_unreadable += image is None
+                self._check_unreadable_share()
+            if image is not None:
+                return image, self.target(item)
+        raise self._share_error(every_file=True)
+
+    def _read(self, item: int) -> np.ndarray | None:
+        """The decoded image of ``item``, or None if it is unreadable (recorded once)."""
+        if item in self._bad:
+            return None
+        try:
+            return read_image(self.paths[item], self.min_decode_size, self.limits)
+        except UnreadableImageError as error:
+            if not self.skip_unreadable:
+                raise
+            self._bad[item] = error.reason
+            self.unreadable.record(error.source, error.reason)
+            return None
+
+    def _check_unreadable_share(self) -> None:
+        judged = self._asked >= min(SHARE_SAMPLE, len(self.paths))
+        if judged and self._asked_unreadable > self.max_unreadable_share * self._asked:
+            raise self._share_error()
+
+    def _share_error(self, every_file: bool = False) -> Exception:
+        examples = [(self.paths[item], reason) for item, reason in self._bad.items()]
+        bad, asked = (len(self.paths),) * 2 if every_file else (self._asked_unreadable, self._asked)
+        return too_many_unreadable(bad, asked, self.max_unreadable_share, dataset_folder(self.paths), examples,
+                                   every_file)
 
     def select(self, indices: np.ndarray) -> ImageFileDataset:
         """A new dataset holding only ``indices`` (class list and options are kept)."""
@@ -181,6 +216,8 @@ class ImageFileDataset(LabelledDataset):
             self.task,
             self.min_decode_size,
             self.skip_unreadable,
+            self.limits,
+            self.max_unreadable_share,
         )
         subset.unreadable = self.unreadable
         return subset

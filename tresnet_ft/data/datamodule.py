@@ -24,7 +24,8 @@ from .mixing import BatchMixer
 from .registry import check_options, describe_dataset, get_entry, resolve_root
 from .preprocessing import EvalCrop, EvalPreprocessing
 from .transforms import TrainCrop, TransformConfig, build_transforms
-from .unreadable import UnreadableLog
+from .images import ImageLimits
+from .unreadable import UnreadableLog, resolve_max_unreadable_share
 from .workers import default_num_workers, single_threaded_opencv
 from ..errors import InvalidValueError
 
@@ -86,6 +87,12 @@ class ImageDataModule(pl.LightningDataModule):
         persistent_workers: keep workers alive between epochs.
         download: fetch missing published files in ``prepare_data``.
         predict_split: the split ``predict_dataloader`` serves.
+        max_image_pixels, max_image_bytes: an image whose header declares more pixels, or a file
+            of more bytes, is unreadable (skipped and reported), so that no file can take a
+            worker's memory; None: ``$TRESNET_FT_MAX_IMAGE_PIXELS`` / ``$TRESNET_FT_MAX_IMAGE_BYTES``,
+            else 178,956,970 pixels (where Pillow refuses a decompression bomb) and 1 GiB (:class:`~tresnet_ft.data.images.ImageLimits`).
+        max_unreadable_share: stop when more than this share of the images a loader process reads
+            are unreadable (judged after 256); None: ``$TRESNET_FT_MAX_UNREADABLE_SHARE``, else 0.5.
     """
 
     def __init__(
@@ -116,16 +123,20 @@ class ImageDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         download: bool = True,
         predict_split: str = "test",
+        max_image_pixels: int | None = None,
+        max_image_bytes: int | None = None,
+        max_unreadable_share: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         _check_arguments(dataset, batch_size, num_workers)
+        # Read once, here: a bad environment variable fails before anything loads.
+        self.image_limits = ImageLimits.resolve(max_image_pixels, max_image_bytes)
+        self.max_unreadable_share = resolve_max_unreadable_share(max_unreadable_share)
         self.dataset_name, self.root, self.batch_size = dataset, root, batch_size
         self._num_workers = num_workers
         self.options = self._dataset_options(dataset_options, val_fraction, seed)
-        preprocessing = EvalPreprocessing(
-            image_size=image_size, eval_crop=eval_crop, mean=tuple(mean), std=tuple(std)
-        )
+        preprocessing = EvalPreprocessing(image_size=image_size, eval_crop=eval_crop, mean=tuple(mean), std=tuple(std))
         self.transform_config = TransformConfig(
             preprocessing=preprocessing,
             train_crop=train_crop,
@@ -136,12 +147,9 @@ class ImageDataModule(pl.LightningDataModule):
             cutout=cutout,
             cutout_size=cutout_size,
         )
-        self.mix_settings = dict(
-            mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mix_prob, switch_prob=mix_switch_prob
-        )
+        self.mix_settings = dict(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mix_prob, switch_prob=mix_switch_prob)
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
-        self.download = download
-        self.predict_split = predict_split
+        self.download, self.predict_split = download, predict_split
         self.datasets: dict[str, Dataset] = {}
         self._info: DatasetInfo | None = None
         self._mixer: BatchMixer | None = None
@@ -277,9 +285,15 @@ class ImageDataModule(pl.LightningDataModule):
                 f"{self.dataset_name}/{split}: expected the classes the model was built for "
                 f"({self.num_classes}), but the loaded split has {len(dataset.classes)} different ones."
             )
+        if len(dataset) == 0:  # e.g. every held-out image unreadable: no metric, no best checkpoint
+            raise InvalidValueError(
+                f"{self.dataset_name}/{split} has no readable image under {self.root}, so there is nothing to "
+                f"{'train on' if split == 'train' else 'evaluate'}. Fix: add readable images to that split "
+                "(the unreadable ones are listed above), or give a larger val_fraction.")
         if isinstance(dataset, ImageFileDataset):
             # Decode JPEGs at reduced scale as long as they stay at least as large as the output.
             dataset.min_decode_size = self._min_decode_size(split)
+            dataset.limits, dataset.max_unreadable_share = self.image_limits, self.max_unreadable_share
             dataset.unreadable = UnreadableLog(self._unreadable_file)
         return dataset
 

@@ -13,17 +13,26 @@ whichever of the two reads it:
   zip archives: it is hidden too, so that an unzipped flat-layout dataset does not gain a class
   named ``__MACOSX``.
 * **image**: a suffix in :data:`~tresnet_ft.data.images.IMAGE_EXTENSIONS`, any letter case.
+* **regular file**: after following links, the entry is a regular file. A link to a photo is
+  listed; a FIFO (reading it blocks forever), a link to ``/dev/zero`` (reading it never ends), a
+  socket or a broken link are left out, with one warning naming them.
 * **order**: sorted by path, so that runs and prediction files are reproducible.
 
 Symlinked folders are not followed (``os.walk``'s default): a link cannot make a folder list
-itself. Only names are read; nothing is opened.
+itself. Only names and file kinds are read (the kind comes with the folder listing on most file
+systems; links cost one ``stat``); nothing is opened.
 """
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from pathlib import Path
 
 from .images import IMAGE_EXTENSIONS
+from .unreadable import describe_paths
+
+log = logging.getLogger(__name__)
 
 
 def is_hidden(name: str) -> bool:
@@ -43,17 +52,55 @@ def visible_subfolders(folder: Path) -> list[Path]:
 
 
 def image_files(folder: Path) -> list[str]:
-    """Every image file under ``folder``, at any depth, skipping hidden files and folders; sorted.
+    """Every image file under ``folder``, at any depth, skipping hidden files and folders and
+    anything that is not a regular file; sorted.
 
     Example:
-        ``photos/{a.jpg, .DS_Store, notes.txt, .cache/t.png, trip/b.PNG}`` ->
+        ``photos/{a.jpg, .DS_Store, notes.txt, .cache/t.png, trip/b.PNG, pipe.jpg (a FIFO)}`` ->
         ``["photos/a.jpg", "photos/trip/b.PNG"]``
     """
-    found = []
-    for parent, dirs, files in os.walk(folder):
-        dirs[:] = [name for name in dirs if not is_hidden(name)]  # pruned here: never entered
-        found += [os.path.join(parent, name) for name in files if not is_hidden(name) and is_image_name(name)]
+    found, not_regular, pending = [], [], [os.fspath(folder)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                listed = list(entries)
+        except OSError:  # an unreadable folder is left out, as os.walk does
+            continue
+        for entry in listed:
+            if is_hidden(entry.name):
+                continue  # a hidden folder is never entered
+            if _is_dir(entry):
+                if not entry.is_symlink():
+                    pending.append(entry.path)
+            elif is_image_name(entry.name):
+                (found if _is_regular_file(entry) else not_regular).append(entry.path)
+    if not_regular:
+        log.warning("%s: left out %d image name(s) that are not regular files: %s", folder, len(not_regular),
+                    describe_paths(sorted(not_regular), [_describe_entry(path) for path in sorted(not_regular)]))
     return sorted(found)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _is_regular_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()  # follows links; no system call unless the entry is a link
+    except OSError:
+        return False
+
+
+def _describe_entry(path: str) -> str:
+    if not os.path.exists(path):
+        return "a broken link"
+    mode = os.stat(path).st_mode
+    kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+             stat.S_IFSOCK: "a socket"}
+    return kinds.get(stat.S_IFMT(mode), "not a regular file")
 
 
 __all__ = ["image_files", "is_hidden", "is_image_name", "visible_subfolders"]

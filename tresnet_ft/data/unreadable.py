@@ -8,6 +8,13 @@ Two moments catch bad files:
   DataLoader workers are separate processes, so when a log file is attached every worker appends
   one line per bad file to it (short appends are atomic on POSIX), and the main process reads it
   back for one summary (:meth:`UnreadableLog.summary`).
+
+A run of unreadable files does not stop an epoch (each is replaced by the next readable file);
+only a high share does: when more than ``max_unreadable_share`` (default 0.5) of the images one
+process was asked for are unreadable, once it has been asked for :data:`SHARE_SAMPLE` of them (or
+the whole dataset, if smaller), the epoch stops with :class:`TooManyUnreadableError`. In a
+shuffled training split that sample is a random one; in a sorted, unshuffled split the first
+images decide.
 """
 
 from __future__ import annotations
@@ -21,10 +28,70 @@ from pathlib import Path
 import numpy as np
 
 from .images import check_image_file
+from ..errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
 SHOWN_PATHS = 5  # how many example paths a report names
+DEFAULT_MAX_UNREADABLE_SHARE = 0.5
+MAX_SHARE_ENV = "TRESNET_FT_MAX_UNREADABLE_SHARE"
+# Images a process is asked for before their unreadable share is judged: few enough to stop a
+# hopeless run within seconds, enough that a share above one half is not bad luck.
+SHARE_SAMPLE = 256
+
+
+class TooManyUnreadableError(InvalidValueError):
+    """Too large a share of a dataset's images cannot be read: the run stops, naming the share,
+    the folder and the setting that allows more."""
+
+    def __init__(self, message: str) -> None:
+        # Raised in a DataLoader worker, it is re-raised in the main process by calling this class
+        # with PyTorch's "Caught ... Original Traceback ..." text; keep only our own line, so the
+        # command line still prints one line.
+        marker = f"{type(self).__name__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
+def resolve_max_unreadable_share(share: float | None = None) -> float:
+    """``share`` if given, else ``$TRESNET_FT_MAX_UNREADABLE_SHARE``, else 0.5; a number in (0, 1]."""
+    source, raw = "max_unreadable_share", share
+    if share is None:
+        source, raw = f"the environment variable {MAX_SHARE_ENV}", os.environ.get(MAX_SHARE_ENV, "").strip()
+        if not raw:
+            return DEFAULT_MAX_UNREADABLE_SHARE
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value <= 1.0:  # also rejects NaN
+        raise InvalidValueError(f"Expected {source} to be a share in (0, 1], but got {raw!r}. Fix: e.g. 0.9 "
+                                "stops only when more than 90% of the images are unreadable; 1 only when none is readable.")
+    return value
+
+
+def dataset_folder(paths: Sequence[str]) -> str:
+    """The folder every path lies in, for messages (``.`` for relative paths in the working folder)."""
+    try:
+        return os.path.commonpath([os.path.dirname(path) or "." for path in paths]) or "."
+    except ValueError:  # absolute and relative paths mixed
+        return os.path.dirname(paths[0]) or "."
+
+
+def too_many_unreadable(bad: int, asked: int, max_share: float, folder: str,
+                        examples: Sequence[tuple[str, str]], every_file: bool = False) -> TooManyUnreadableError:
+    """The error that stops an epoch: ``bad`` of the ``asked`` images were unreadable (``every_file``:
+    all ``bad`` images of the dataset were tried and none could be read)."""
+    shown = describe_paths([path for path, _ in examples], [reason for _, reason in examples])
+    share = f"all {bad} images in {folder} are unreadable" if every_file else (
+        f"{bad} of the {asked} images read from {folder} ({bad / asked:.0%}) are unreadable")
+    return TooManyUnreadableError(
+        f"{share}, more than the limit of {max_share:.0%}: {shown}. Fix: check those files (is this the "
+        "right folder?), or allow a larger share with ImageDataModule's max_unreadable_share "
+        "(--data.max_unreadable_share 0.9 on the command line) or the environment variable "
+        f"{MAX_SHARE_ENV} (1 stops only when no image is readable)."
+    )
 
 
 def describe_paths(paths: Sequence[str], reasons: Sequence[str] | None = None) -> str:

@@ -4,7 +4,9 @@
   (:func:`tresnet_ft.data.tabular.read_rows`): its ``image`` column lists images, relative to the
   table's folder or absolute; other columns (``labels``, ``split``) are ignored here;
 * any other file is an image, whatever its suffix (the decoder decides; a non-image ends up in
-  the unreadable list, it does not stop the run);
+  the unreadable list, it does not stop the run). That includes a FIFO or a device named
+  directly: it is listed, then refused by the reader as not a regular file, without being opened
+  (a FIFO would block) or read (``/dev/zero`` never ends), and never read as a table;
 * a folder lists the images that training would see in it (:func:`tresnet_ft.data.files.image_files`:
   image suffixes, hidden files and folders skipped, sorted by path).
 
@@ -50,7 +52,7 @@ def _paths_of(source: Path) -> list[str]:
         return image_files(source)
     if source.is_file() and source.suffix.lower() in TABLE_SUFFIXES:
         return read_rows(source).image_paths()
-    if source.is_file():
+    if source.is_file() or source.exists():  # exists(): a FIFO, a device (see the module doc)
         return [str(source)]
     raise MissingInputError(f"Expected an image file, a folder or a CSV/JSONL table at {source}, "
                             "but nothing exists there. Fix: check the path (relative paths start "

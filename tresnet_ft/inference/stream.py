@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from ..data.images import UnreadableImageError, read_image
+from ..data.images import ImageLimits, UnreadableImageError, read_image
 from ..data.preprocessing import EvalPreprocessing
 from ..data.workers import single_threaded_opencv
 from ..errors import InvalidValueError
@@ -43,13 +43,18 @@ class ImageBatchStream(IterableDataset):
         min_decode_size: let JPEGs decode at 1/2..1/8 scale while both sides stay at least this
             (``preprocessing.decode_size``: the DataModule's validation loader uses the same, so
             predictions match validation).
+        limits: the most bytes and pixels one image may take (a file above them is unreadable);
+            None: :meth:`ImageLimits.resolve`, i.e. ``$TRESNET_FT_MAX_IMAGE_PIXELS`` and
+            ``$TRESNET_FT_MAX_IMAGE_BYTES`` or the defaults, read here, in the main process.
     """
 
     def __init__(self, paths: Sequence[str], transform: Callable[[np.ndarray], torch.Tensor],
-                 image_size: int, batch_size: int, min_decode_size: int | None = None) -> None:
+                 image_size: int, batch_size: int, min_decode_size: int | None = None,
+                 limits: ImageLimits | None = None) -> None:
         super().__init__()
         self.paths, self.transform = paths, transform
         self.image_size, self.batch_size, self.min_decode_size = image_size, batch_size, min_decode_size
+        self.limits = limits or ImageLimits.resolve()
 
     def num_batches(self) -> int:
         return -(-len(self.paths) // self.batch_size)
@@ -65,7 +70,7 @@ class ImageBatchStream(IterableDataset):
         images, kept, unreadable = [], [], []
         for path in paths:
             try:
-                images.append(self.transform(read_image(path, self.min_decode_size)))
+                images.append(self.transform(read_image(path, self.min_decode_size, self.limits)))
                 kept.append(path)
             except UnreadableImageError as error:
                 unreadable.append((error.source, error.reason))
