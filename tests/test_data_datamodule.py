@@ -164,3 +164,21 @@ def test_a_split_left_without_readable_images_is_one_clear_error(tmp_path):
     dm = ImageDataModule("folder", root=str(tmp_path), image_size=32, batch_size=2, num_workers=0)
     with pytest.raises(ValueError, match=r"folder/val has no readable image under .*nothing to evaluate"):
         dm.setup("fit")
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"crop_scale": (0.9, 0.1)}, r"crop_scale .* 0 < low <= high <= 1"),
+    ({"crop_scale": (0.0, 2.0)}, r"crop_scale"),
+    ({"randaugment_ops": -1}, r"randaugment_ops >= 0"),
+    ({"cutout_size": 2.0}, r"cutout_size in \(0, 1\]"),
+    ({"cutout_size": 0.0}, r"cutout_size in \(0, 1\]"),
+    ({"predict_split": "nope"}, r"nope"),
+    ({"val_fraction": 1.5}, r"val_fraction in \[0, 1\)"),
+    ({"val_fraction": -0.1}, r"val_fraction in \[0, 1\)"),
+    ({"mixup_alpha": -1.0}, r"non-negative alphas"),
+    ({"mix_prob": 2.0}, r"prob in \[0, 1\]"),
+])
+def test_a_bad_augmentation_or_split_setting_fails_when_the_datamodule_is_made(setting, message):
+    """Checked at construction, before any file is read or any batch is drawn."""
+    with pytest.raises(ValueError, match=message):
+        ImageDataModule("folder", root="/nonexistent", **setting)

@@ -69,20 +69,31 @@ def _options(args: Sequence[str]) -> Iterator[tuple[str, str]]:
         i += 1
 
 
-def _read_if_file(path_or_text: str) -> str:
-    """The file's text, or the argument itself (LightningCLI's ``--config`` takes either)."""
+def _read_if_file(path_or_text: str) -> tuple[str, Optional[Path]]:
+    """The file's text and path, or the argument itself and None (LightningCLI's ``--config`` takes either)."""
     try:
         path = Path(path_or_text)
-        return path.read_text() if path.is_file() else path_or_text
+        return (path.read_text(), path) if path.is_file() else (path_or_text, None)
     except OSError:  # e.g. a YAML string too long for a file name
-        return path_or_text
+        return path_or_text, None
 
 
 def _yaml_value(text: str) -> Any:
+    """A flag's value as YAML, or the text itself when it is not YAML (LightningCLI judges it)."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+
+
+def _config_value(flag: str, value: str) -> Any:
+    """A ``--config`` or ``--SECTION`` argument, a file or YAML text, as data; YAML that cannot be
+    read is one error line naming the file (or the text), the line, the column and the problem."""
+    from .recipe import parse_yaml
+
+    text, path = _read_if_file(value)
+    shown = value if len(value) <= 60 else value[:57] + "..."
+    return parse_yaml(text, f"{flag} file {path}" if path is not None else f"{flag} value {shown!r}")
 
 
 # Trainer settings whose recipe value depends on the machine or on each other (recipe.resolve_trainer_settings).
@@ -99,17 +110,18 @@ def _asks_for_info(args: Sequence[str]) -> bool:
 def _user_overrides(args: Sequence[str]) -> dict[str, Any]:
     """What ``args`` set on top of the recipe, as one nested config: ``--config`` files (or YAML
     strings), whole sections (``--data FILE``) and ``--SECTION.KEY VALUE`` flags; a later one
-    wins, as in LightningCLI. Read before Lightning is imported, so what is unreadable here is
-    left out: LightningCLI reports it."""
+    wins, as in LightningCLI. Read before Lightning is imported: a ``--config`` or section that is
+    not YAML is reported here (one line); a value of another type is left out, for LightningCLI
+    to report."""
     from .recipe import deep_merge
 
     overrides: dict[str, Any] = {}
     for name, value in _options(args):
         key = name[2:]
         if key == "config":
-            layer = _yaml_value(_read_if_file(value))
+            layer = _config_value(name, value)
         elif key.split(".", 1)[0] in CONFIG_SECTIONS:  # --data FILE_OR_YAML, --data.root DIR, ...
-            layer = _yaml_value(_read_if_file(value) if key in CONFIG_SECTIONS else value)
+            layer = _config_value(name, value) if key in CONFIG_SECTIONS else _yaml_value(value)
             for part in reversed(key.split(".")):
                 layer = {part: layer}
         else:
@@ -203,39 +215,73 @@ def training_args(argv: Sequence[str]) -> tuple[list[str], str]:
     Also maps ``--logger csv,tensorboard,wandb`` onto ``--trainer.logger`` entries writing into
     ``<default_root_dir>/<recipe>/version_<N>`` (``--trainer.default_root_dir``, from the recipe, a
     ``--config`` file or a flag; ``runs`` by default), and ``--ckpt_path last|best`` onto the newest
-    such checkpoint of the recipe's runs there. ``fit`` from a checkpoint inside a run folder
-    continues that run: same ``version_<N>`` folder, so its ``last.ckpt``, metrics and plots carry
-    on. ``precision: auto`` (the recipes' default, or ``--trainer.precision auto``) becomes the best
-    precision for this machine, logged with the reason; an explicit precision is kept. Returns the
-    arguments and the run name.
+    such checkpoint of the recipe's runs there. A new run claims its ``version_<N>`` folder here, by
+    creating it, so runs started together never share one (DDP workers reuse the folder of the
+    process that started them: :func:`tresnet_ft.training.runs.new_run_folder`). ``fit`` from a
+    checkpoint inside a run folder continues that run: same ``version_<N>`` folder, so its
+    ``last.ckpt``, metrics and plots carry on. ``precision: auto`` (the recipes' default, or
+    ``--trainer.precision auto``) becomes the best precision for this machine, logged with the
+    reason; an explicit precision is kept. Returns the arguments and the run name.
     """
+    args, run_name, _ = _training_args(argv)
+    return args, run_name
+
+
+def _training_args(argv: Sequence[str]) -> tuple[list[str], str, list[Path]]:
+    """:func:`training_args`, and the folders this call created for a new run, deepest first: the
+    claimed ``version_<N>`` and those above it that were not there (none: resumed, or nothing runs)."""
     from .recipe import write_merged
 
-    command, recipe, logger_names, ckpt_path, rest = _split_training_argv(argv)
+    command, recipe, logger_option, ckpt_path, rest = _split_training_argv(argv)
     # Lightning first: importing it sets PYTORCH_NVML_BASED_CUDA_CHECK, so asking whether CUDA is
     # there creates no CUDA state that would stop Lightning from forking DDP workers later.
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from ..training import loggers
+    from ..training.runs import new_run_folder, starts_the_run
 
     recipe, rest, notes = _resolve_machine_settings(recipe, rest)
-    report = getattr(rank_zero_only, "rank", 0) == 0 and not _asks_for_info(rest)  # DDP workers re-run this
+    will_run = not _asks_for_info(rest)  # help and --print_config run nothing
+    report = getattr(rank_zero_only, "rank", 0) == 0 and will_run  # DDP workers re-run this
     if report:
         for note in notes:
             log.info(note)
     root = _runs_root(recipe, rest)
-    ckpt_path, run = _resolve_checkpoint(command, ckpt_path, recipe.name, root, report)
+    ckpt_path, resumed = _resolve_checkpoint(command, ckpt_path, recipe.name, root, report)
     config_dir = Path(tempfile.mkdtemp(prefix="tresnet-ft-recipe-"))
     args = [command, "--config", str(write_merged(recipe, config_dir))]
-    names = [n.strip() for n in (logger_names or "csv,tensorboard").split(",") if n.strip()]
-    args += ["--trainer.logger", loggers.logger_config(names, run.name if run else recipe.name,
-                                                       run.save_dir if run else root,
-                                                       run.version if run else None)]
+    names = loggers.logger_names(logger_option)
+    # Claimed last, once nothing here can fail; only by a command that runs.
+    missing = _missing_folders(root / recipe.name)
+    run = resumed or new_run_folder(root, recipe.name, os.environ, claim=will_run)
+    args += ["--trainer.logger", loggers.logger_config(names, run)]
     if ckpt_path:
         args += ["--ckpt_path", ckpt_path]
     # Last, so the Trainer's default_root_dir (checkpoints and plots without a logger, the saved
     # config.yaml) is the folder resolved above, also when $TRESNET_FT_RUNS replaced the default.
-    return args + rest + [f"--trainer.default_root_dir={root}"], recipe.name
+    args += rest + [f"--trainer.default_root_dir={root}"]
+    # A DDP worker shares the folder its first process claimed: only that process may give it back.
+    claimed = resumed is None and will_run and starts_the_run(os.environ)
+    return args, recipe.name, [run.path, *missing] if claimed else []
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents up to the first that exists, deepest first (those not there yet)."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _release_unused(created: list[Path]) -> None:
+    """Remove the folders a run that failed before writing anything created (``created``, deepest
+    first), so that a mistyped setting leaves no empty ``version_<N>`` (or ``runs/``) behind."""
+    for folder in created:
+        try:
+            folder.rmdir()  # fails unless empty: whatever the run wrote stays, and so does all above it
+        except OSError:
+            return
 
 
 TRAINING_USAGE = ("tresnet-ft {command} [--recipe NAME|FILE] [--logger LIST] [--ckpt_path last|best|FILE] "
@@ -270,12 +316,16 @@ RESUME_EXAMPLES = {
 
 def _run_training(argv: Sequence[str]) -> int:
     check_training_inputs(argv)
-    args, run_name = training_args(argv)
+    args, run_name, claimed = _training_args(argv)
     from .lightning_cli import run_cli
 
     command = argv[0]
-    run_cli(args, run_name, usage=TRAINING_USAGE.format(command=command),
-            description=TRAINING_HELP.format(recipe=run_name, resume_example=RESUME_EXAMPLES[command]))
+    try:
+        run_cli(args, run_name, usage=TRAINING_USAGE.format(command=command),
+                description=TRAINING_HELP.format(recipe=run_name, resume_example=RESUME_EXAMPLES[command]))
+    except BaseException:  # SystemExit too: a bad flag ends LightningCLI's parser that way
+        _release_unused(claimed)
+        raise
     return 0
 
 

@@ -15,6 +15,7 @@ Recipes ship inside the package (``tresnet_ft/recipes/*.yaml``); a path to any Y
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from ..errors import InvalidValueError, MissingInputError
 
 RECIPE_DIR = Path(__file__).parent.parent / "recipes"
 META_KEYS = ("base", "description", "reference")
+# PyYAML's words for a tag its safe loader has no constructor for (``!!python/...``, ``!custom``).
+_UNKNOWN_TAG = re.compile(r"could not determine a constructor for the tag '(tag:yaml\.org,2002:)?([^']*)'")
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,43 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def _yaml_problem(err: yaml.YAMLError) -> tuple[str, str]:
+    """``(where and what, the fix)`` of a YAML error, each on one line."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    tag = _UNKNOWN_TAG.search(problem)
+    if tag:
+        return (f"at {where}: the tag {'!!' if tag.group(1) else ''}{tag.group(2)} is not allowed (settings are read "
+                "as plain data: a tag that would build a Python object is never run)",
+                "remove the tag and write the plain value")
+    context = getattr(err, "context", None)
+    return (f"at {where}: {context + ': ' if context else ''}{problem}",
+            "line up the keys of each mapping at one indent, with spaces (no tabs), and quote values "
+            "that contain ': ' or ' #'")
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``text`` as plain YAML data (``yaml.safe_load``: no tag ever builds a Python object or runs code).
+
+    Raises:
+        InvalidValueError: one line naming ``source`` (e.g. ``recipe my.yaml``), the line, the
+            column and the problem, instead of PyYAML's multi-line error.
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        what, fix = _yaml_problem(err)
+        raise InvalidValueError(f"Could not read {source} as YAML, {what}. Fix: {fix}.") from err
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
-    with path.open() as handle:
-        data = yaml.safe_load(handle) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InvalidValueError(f"Expected recipe {path} to be a YAML text file (UTF-8), but it is not text. "
+                                "Fix: pass a .yaml recipe file.") from None
+    data = parse_yaml(text, f"recipe {path}") or {}
     if not isinstance(data, dict):
         raise InvalidValueError(f"Expected recipe {path} to be a YAML mapping, but got {type(data).__name__}.")
     return data

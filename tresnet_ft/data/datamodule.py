@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .base import DatasetInfo, ImageFileDataset, Task
+from .base import DatasetInfo, ImageFileDataset, Task, check_split
 from .mixing import BatchMixer
 from .registry import check_options, describe_dataset, get_entry, resolve_root
 from .preprocessing import EvalCrop, EvalPreprocessing
@@ -36,13 +36,19 @@ def _remove_file(path: str) -> None:
     Path(path).unlink(missing_ok=True)
 
 
-def _check_arguments(dataset: str, batch_size: int, num_workers: int | None) -> None:
+def _check_arguments(dataset: str, batch_size: int, num_workers: int | None, val_fraction: float | None,
+                     predict_split: str, mix_settings: dict[str, float]) -> None:
     """Fail at construction on what no loader could use (the dataset's own options come later)."""
     get_entry(dataset)  # an unknown name raises, listing the known ones
     if batch_size < 1:
         raise InvalidValueError(f"Expected batch_size to be a positive integer, but got {batch_size}.")
     if num_workers is not None and num_workers < 0:
         raise InvalidValueError(f"Expected num_workers to be None (automatic) or >= 0, but got {num_workers}.")
+    if val_fraction is not None and not 0.0 <= val_fraction < 1.0:
+        raise InvalidValueError(f"Expected val_fraction in [0, 1) (the share of training images held out), but got "
+                                f"{val_fraction}. Fix: --data.val_fraction 0.1.")
+    check_split(predict_split)
+    BatchMixer(1, **mix_settings)  # the mixer owns the rules for its settings; checked now, not at the first batch
 
 
 class TransformedDataset(Dataset):
@@ -129,7 +135,8 @@ class ImageDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        _check_arguments(dataset, batch_size, num_workers)
+        self.mix_settings = dict(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mix_prob, switch_prob=mix_switch_prob)
+        _check_arguments(dataset, batch_size, num_workers, val_fraction, predict_split, self.mix_settings)
         # Read once, here: a bad environment variable fails before anything loads.
         self.image_limits = ImageLimits.resolve(max_image_pixels, max_image_bytes)
         self.max_unreadable_share = resolve_max_unreadable_share(max_unreadable_share)
@@ -147,7 +154,6 @@ class ImageDataModule(pl.LightningDataModule):
             cutout=cutout,
             cutout_size=cutout_size,
         )
-        self.mix_settings = dict(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mix_prob, switch_prob=mix_switch_prob)
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.download, self.predict_split = download, predict_split
         self.datasets: dict[str, Dataset] = {}

@@ -62,6 +62,16 @@ class TransformConfig:
                 raise InvalidValueError(
                     f"Expected {name} to be a probability in [0, 1], but got {getattr(self, name)}."
                 )
+        low, high = self.crop_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise InvalidValueError(f"Expected crop_scale as (low, high) with 0 < low <= high <= 1 (area shares of the "
+                                    f"image), but got {self.crop_scale}. Fix: --data.crop_scale [0.25, 1.0].")
+        if self.randaugment_ops < 0:
+            raise InvalidValueError(f"Expected randaugment_ops >= 0 (0 turns RandAugment off), but got "
+                                    f"{self.randaugment_ops}.")
+        if not 0.0 < self.cutout_size <= 1.0:
+            raise InvalidValueError(f"Expected cutout_size in (0, 1] (the hole's side as a share of the image), but "
+                                    f"got {self.cutout_size}. Fix: --data.cutout_size 0.5, or --data.cutout 0 for none.")
 
     @property
     def image_size(self) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import InvalidValueError
 from .lightning_private import CSVLoggerWithHooks, ExperimentWriterWithHooks
-from .runs import next_version
+from .runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ DEFAULT_RUNS_DIR = "runs"  # the recipes' trainer.default_root_dir (recipes/_bas
 # Where runs go when default_root_dir is left at the default; $TRESNET_FT_RUNS moves them all.
 RUNS_DIR = Path(os.environ.get("TRESNET_FT_RUNS", DEFAULT_RUNS_DIR))
 KNOWN_LOGGERS = ("csv", "tensorboard", "wandb")
+DEFAULT_LOGGERS = "csv,tensorboard"
 
 
 def runs_root(default_root_dir: str | Path | None) -> Path:
@@ -58,18 +59,26 @@ def _entry(class_name: str, **init_args: object) -> dict:
     return {"class_path": f"lightning.pytorch.loggers.{class_name}", "init_args": init_args}
 
 
-def logger_config(names: list[str], run_name: str, runs_dir: Path | None = None,
-                  version: int | None = None) -> str:
-    """The ``--trainer.logger`` value (a JSON list of class_path entries) for ``names``.
+def logger_names(option: str | None) -> list[str]:
+    """The names in ``--logger a,b`` (None: the default ``csv,tensorboard``); an unknown one raises."""
+    names = [name.strip() for name in (option or DEFAULT_LOGGERS).split(",") if name.strip()]
+    _check_known(names)
+    return names
 
-    ``version``: the ``version_<N>`` folder to write into (a resumed run's); None: a new one.
-    """
+
+def _check_known(names: list[str]) -> None:
     unknown = sorted(set(names) - set(KNOWN_LOGGERS))
     if unknown:
         raise InvalidValueError(f"Unknown logger(s) {unknown}: expected some of {list(KNOWN_LOGGERS)}, "
                          "e.g. --logger csv,tensorboard,wandb.")
-    runs_dir = RUNS_DIR if runs_dir is None else runs_dir
-    version = next_version(runs_dir, run_name) if version is None else version
+
+
+def logger_config(names: list[str], run: RunFolder) -> str:
+    """The ``--trainer.logger`` value (a JSON list of class_path entries) for ``names``, every
+    logger writing into ``run``: a new run's claimed folder or a resumed run's own
+    (:func:`tresnet_ft.training.runs.new_run_folder`, :func:`~tresnet_ft.training.runs.run_of_checkpoint`)."""
+    _check_known(names)
+    runs_dir, run_name, version = run.save_dir, run.name, run.version
     common = {"save_dir": str(runs_dir), "name": run_name, "version": version}
     entries = []
     # CSV first: checkpoints go to the first logger's folder.
@@ -82,7 +91,7 @@ def logger_config(names: list[str], run_name: str, runs_dir: Path | None = None,
         if not online:
             log.info("W&B: no login or offline mode; logging offline (upload later with `wandb sync`).")
         entries.append(_entry("WandbLogger", project="tresnet-ft", name=f"{run_name}-v{version}",
-                              save_dir=str(runs_dir / run_name / f"version_{version}"),
+                              save_dir=str(run.path),
                               offline=not online, log_model=online))
     return json.dumps(entries)
 

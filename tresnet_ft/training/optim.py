@@ -1,15 +1,79 @@
-"""Fine-tuning optimisation: parameter groups (head vs backbone, layer-wise decay, no weight decay
-on norms and biases), optimizers, and per-step learning-rate schedules. Plain PyTorch."""
+"""Fine-tuning optimisation: the ranges of the numeric training settings, parameter groups (head
+vs backbone, layer-wise decay, no weight decay on norms and biases), optimizers, and per-step
+learning-rate schedules. Plain PyTorch."""
 from __future__ import annotations
 
 import math
-from typing import Any
+import numbers
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from ..errors import InvalidValueError
 
 NUM_BACKBONE_DEPTHS = 5  # stem (0) and the four stages (1-4)
+
+
+class Interval(NamedTuple):
+    """The values a setting accepts, and a usual one for the fix in the error message."""
+
+    low: float
+    low_included: bool
+    high: float  # math.inf: no upper bound
+    high_included: bool
+    usual: str
+    none_is_off: bool = False  # None turns the feature off, and is accepted
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            return False  # NaN would pass every comparison below as False, i.e. unnoticed
+        above = value >= self.low if self.low_included else value > self.low
+        below = value <= self.high if self.high_included else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>=' if self.low_included else '>'} {self.low:g}"
+        return f"in {'[' if self.low_included else '('}{self.low:g}, {self.high:g}{']' if self.high_included else ')'}"
+
+
+_AT_LEAST_0, _PROBABILITY = (0, True, math.inf, False), (0, True, 1, False)
+# TResNetClassifier's numeric settings and the values that can train (None, where a setting takes
+# it, means "off" and is not checked). Out of range, most train without an error and learn nothing:
+# a negative lr climbs the loss, momentum 1 never forgets, a decay of 1 never moves the average.
+SETTING_RANGES: dict[str, Interval] = {
+    "lr": Interval(0, False, math.inf, False, "1e-3"),
+    "weight_decay": Interval(*_AT_LEAST_0, "1e-4"),
+    "momentum": Interval(*_PROBABILITY, "0.9"),
+    "warmup_epochs": Interval(*_AT_LEAST_0, "1"),
+    "pct_start": Interval(0, False, 1, False, "0.2"),
+    "label_smoothing": Interval(*_PROBABILITY, "0.1"),
+    "ema_decay": Interval(0, False, 1, False, "0.9997, or null for no EMA", none_is_off=True),
+    "drop_rate": Interval(*_PROBABILITY, "0.2"),
+    "drop_path_rate": Interval(*_PROBABILITY, "0.1"),
+    "backbone_lr_mult": Interval(*_AT_LEAST_0, "0.1"),
+    "layer_decay": Interval(0, False, 1, True, "0.7, or null for none", none_is_off=True),
+    "freeze_epochs": Interval(*_AT_LEAST_0, "1"),
+    "asl_gamma_neg": Interval(*_AT_LEAST_0, "4"),
+    "asl_gamma_pos": Interval(*_AT_LEAST_0, "0"),
+    "asl_clip": Interval(*_PROBABILITY, "0.05"),
+}
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """Raise for the first of ``settings`` (names of :data:`SETTING_RANGES`) outside its range.
+
+    Example:
+        ``check_settings({"lr": -1})`` raises ``Expected lr to be a number > 0, but got -1.
+        Fix: --model.lr 1e-3.``
+    """
+    for name, value in settings.items():
+        interval = SETTING_RANGES[name]
+        if value is None and interval.none_is_off:
+            continue
+        if value not in interval:
+            raise InvalidValueError(f"Expected {name} to be a number {interval}, but got {value!r}. "
+                                    f"Fix: --model.{name} {interval.usual}.")
 
 
 def backbone_depth(name: str) -> int:

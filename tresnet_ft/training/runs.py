@@ -2,21 +2,35 @@
 
 ``<runs>`` is ``--trainer.default_root_dir`` (``runs`` by default, see
 :func:`tresnet_ft.training.loggers.runs_root`). This module is the one reader of ``version_<N>``
-names: the next free version for a new run, the checkpoint that ``--ckpt_path last`` (or
-``best``) means, and which run folder a checkpoint belongs to, so that a resumed run keeps writing
-into its own folder. Plain Python.
+names: the folder a new run claims, the checkpoint that ``--ckpt_path last`` (or ``best``) means,
+and which run folder a checkpoint belongs to, so that a resumed run keeps writing into its own
+folder. Plain Python.
+
+A new run claims its folder by creating it (:func:`claim_run_folder`): two runs of one recipe
+started together get two folders. With several processes, only the one that starts the run claims
+(:func:`starts_the_run`); it leaves the folder in :data:`RUN_FOLDER_VARIABLE`, which Lightning's
+DDP launcher hands to the workers it starts (:func:`new_run_folder`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, MutableMapping
+
 from ..errors import InvalidValueError, MissingInputError
 
 CHECKPOINT_ALIASES = ("last", "best")
 # ASCII digits only: "version_٣" is not a run of ours, whatever int() would make of it.
 _VERSION = re.compile(r"^version_([0-9]+)$")
+# The claimed folder of the run this process belongs to: set by the process that claimed it, read
+# by DDP workers, which Lightning starts by running the same command with a copy of os.environ.
+RUN_FOLDER_VARIABLE = "TRESNET_FT_RUN_FOLDER"
+# What launchers set in a process that is not the first: Lightning's own DDP launcher (LOCAL_RANK,
+# NODE_RANK), torchrun (RANK, GROUP_RANK), SLURM and LSF. Unset or 0 in the process that starts a run.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,58 @@ def run_versions(runs_dir: Path, run_name: str) -> list[tuple[int, Path]]:
 def next_version(runs_dir: Path, run_name: str) -> int:
     """The first ``N`` above every ``version_<N>`` of ``run_name`` under ``runs_dir`` (0 for the first run)."""
     return max((version for version, _ in run_versions(runs_dir, run_name)), default=-1) + 1
+
+
+def claim_run_folder(runs_dir: Path, run_name: str) -> RunFolder:
+    """Create ``runs_dir/run_name/version_<N>`` for a new run, N the first free number, and return it.
+
+    The creation is the claim: ``os.mkdir`` fails when the folder exists, also when another run
+    created it a moment ago, and the next number is tried. Checking first and creating later (as
+    the loggers do) let two runs started together share ``version_0``.
+    """
+    parent = Path(runs_dir) / run_name
+    parent.mkdir(parents=True, exist_ok=True)
+    version = next_version(runs_dir, run_name)
+    while True:
+        try:
+            os.mkdir(parent / f"version_{version}")
+            return RunFolder(Path(runs_dir), run_name, version)
+        except FileExistsError:
+            version += 1
+        except FileNotFoundError:  # a failed start of another run gave back the (empty) parent just now
+            parent.mkdir(parents=True, exist_ok=True)
+
+
+def starts_the_run(environ: Mapping[str, str]) -> bool:
+    """Whether this process is the first (or only) one of its run, by the launchers' variables
+    (:data:`RANK_VARIABLES`). Lightning's own rank is not set yet when the command line is read,
+    and does not see ``NODE_RANK``: on the second node of a run, the main process also has rank 0."""
+    return all(environ.get(name, "").strip() in ("", "0") for name in RANK_VARIABLES)
+
+
+def new_run_folder(runs_dir: Path, run_name: str, environ: MutableMapping[str, str], claim: bool = True) -> RunFolder:
+    """The folder of a new run of ``run_name`` under ``runs_dir``, as this process sees it.
+
+    * The process that starts the run claims one (:func:`claim_run_folder`) and puts it in
+      ``environ[RUN_FOLDER_VARIABLE]`` for the workers it will start; with ``claim=False`` (help,
+      ``--print_config``: nothing will run) it only names the next free one.
+    * A worker takes the folder from ``environ`` (Lightning's DDP launcher copies it there).
+    * A worker started by another launcher (torchrun, a second node) creates nothing and names
+      the next free folder; nothing writes there: the loggers write on global rank 0 only, and
+      Lightning sends rank 0's folder to every process for checkpoints (``trainer.log_dir``).
+    """
+    if starts_the_run(environ):
+        if not claim:
+            return RunFolder(Path(runs_dir), run_name, next_version(runs_dir, run_name))
+        run = claim_run_folder(runs_dir, run_name)
+        environ[RUN_FOLDER_VARIABLE] = str(run.path)
+        return run
+    shared = environ.get(RUN_FOLDER_VARIABLE, "")
+    match = _VERSION.match(Path(shared).name)
+    # Only a folder of this run's recipe and root: the variable may be left over from another run.
+    if match and Path(shared).parent == Path(runs_dir) / run_name:
+        return RunFolder(Path(runs_dir), run_name, int(match.group(1)))
+    return RunFolder(Path(runs_dir), run_name, next_version(runs_dir, run_name))
 
 
 def run_of_checkpoint(checkpoint: str | Path) -> RunFolder | None:
@@ -83,5 +149,6 @@ def find_checkpoint(runs_dir: Path, run_name: str, alias: str) -> Path:
     )
 
 
-__all__ = ["CHECKPOINT_ALIASES", "RunFolder", "find_checkpoint", "next_version", "run_of_checkpoint",
-           "run_versions"]
+__all__ = ["CHECKPOINT_ALIASES", "RANK_VARIABLES", "RUN_FOLDER_VARIABLE", "RunFolder", "claim_run_folder",
+           "find_checkpoint", "new_run_folder", "next_version", "run_of_checkpoint", "run_versions",
+           "starts_the_run"]
