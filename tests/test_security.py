@@ -112,3 +112,45 @@ def test_the_process_exits_2_with_one_line_and_no_traceback(evil, workdir):
         .splitlines()[-1]
         .startswith(f"error: Refusing to load {checkpoint}")
     )
+
+
+# -- a decompression bomb: refused from its declared sizes, before anything is unpacked ----------
+
+
+@pytest.fixture
+def bomb(tmp_path) -> Path:
+    """A checkpoint of 64 MiB of zeros whose records are deflated: a file of about 70 kB that
+    ``torch.load`` would inflate 1000x (it reads deflated records as readily as stored ones)."""
+    import zipfile
+
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {"model.w": torch.zeros(64 << 20, dtype=torch.uint8)}, "tresnet_ft": {}}, plain)
+    bomb = tmp_path / "bomb.ckpt"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as target:
+        for entry in source.infolist():
+            target.writestr(entry.filename, source.read(entry.filename))
+    plain.unlink()
+    assert bomb.stat().st_size < (64 << 20) // 500
+    return bomb
+
+
+@pytest.mark.parametrize("command", ["predict", "export", "fit --model.pretrained", "validate --ckpt_path"])
+def test_a_decompression_bomb_is_refused_before_it_is_unpacked(bomb, workdir, caplog, command):
+    image = write_image(workdir / "photo.png", distinct_images(1)[0])
+    args = {"predict": ["predict", str(bomb), str(image), "-o", "p.csv"],
+            "export": ["export", str(bomb), "--format", "onnx", "-o", "m.onnx"],
+            "fit --model.pretrained": ["fit", *TINY, "--model.pretrained", str(bomb)],
+            "validate --ckpt_path": ["validate", *TINY, "--ckpt_path", str(bomb)]}[command]
+    message = error_line(caplog, args)
+    assert message.startswith(f"error: Refusing to load {bomb}: its records would unpack to 67,109,"), message
+    assert "It is a decompression bomb or was not written by torch.save" in message
+
+
+def test_the_unpacked_size_limit_is_one_line_naming_the_variable(workdir, caplog, monkeypatch):
+    checkpoint = workdir / "big.ckpt"
+    torch.save({"state_dict": {"model.w": torch.zeros(1 << 20, dtype=torch.uint8)}}, checkpoint)
+    monkeypatch.setenv("TRESNET_FT_MAX_CHECKPOINT_BYTES", "500000")
+    message = error_line(caplog, ["export", str(checkpoint), "--format", "onnx", "-o", "m.onnx"])
+    assert message.startswith(f"error: Refusing to load {checkpoint}: its records would unpack to 1,04")
+    assert "above the limit of 500,000 bytes (TRESNET_FT_MAX_CHECKPOINT_BYTES)" in message
+    assert "raise it, e.g. TRESNET_FT_MAX_CHECKPOINT_BYTES=2" in message

@@ -1,4 +1,6 @@
 """Pretrained weights: every supported format, head re-initialisation, refusals, offline errors."""
+import hashlib
+import io
 import logging
 import re
 from pathlib import Path
@@ -8,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import reference_tresnet_fill
+from tests.data_builders import serve_files
 from tresnet_ft import UnsafeCheckpointError, WeightsUnavailableError, create_model, list_pretrained
 from tresnet_ft.models.weights import PRETRAINED, default_tag
 
@@ -180,3 +183,102 @@ def test_pretrained_table():
         create_model("tresnet_m", 10, pretrained="imagenet")
     with pytest.raises(ValueError, match="tresnet_s"):
         create_model("tresnet_s", 10)
+
+
+# --- the download cache: one file per URL, checked against a checksum where one is known ----------
+
+def _small_weights(value: float) -> bytes:
+    """A small torch.save file whose tensor is filled with ``value``."""
+    buffer = io.BytesIO()
+    torch.save({"w": torch.full((4,), value)}, buffer)
+    return buffer.getvalue()
+
+
+def test_two_urls_ending_in_the_same_file_name_keep_their_own_weights(tmp_path, monkeypatch):
+    import tresnet_ft.models.weights as weights
+
+    monkeypatch.setattr(weights, "WEIGHTS_CACHE", tmp_path)
+    first, second = _small_weights(1.0), _small_weights(2.0)
+    with serve_files({"w.pth": first, "other/w.pth": second}) as a, serve_files({"w.pth": second}) as b:
+        urls = [a.url("w.pth"), a.url("other/w.pth"), b.url("w.pth")]
+        assert all(weights.missing_weights(url) is not None for url in urls)
+        paths = [weights.download_url(url) for url in urls]
+        assert [path.read_bytes() for path in paths] == [first, second, second]
+        assert len(set(paths)) == 3 and all(p.parent == tmp_path and re.fullmatch(r"w-[0-9a-f]{16}\.pth", p.name)
+                                            for p in paths)
+        assert [weights.download_url(url) for url in urls] == paths  # now from the cache
+        assert len(a.requests) == 2 and len(b.requests) == 1
+        assert all(weights.missing_weights(url) is None for url in urls)
+        assert weights.missing_weights(a.url("third/w.pth")) is not None
+    assert [float(weights.read_checkpoint(path)["w"][0]) for path in paths] == [1.0, 2.0, 2.0]
+
+
+def test_a_sha256_fragment_is_checked_on_download_and_in_the_cache(tmp_path):
+    import tresnet_ft.models.weights as weights
+    from tresnet_ft.models.weights import ChecksumMismatchError
+
+    good = _small_weights(1.0)
+    digest = hashlib.sha256(good).hexdigest()
+    with serve_files({"w.pth": good, "bad.pth": _small_weights(2.0)}) as server:
+        url = f"{server.url('w.pth')}#sha256={digest.upper()}"
+        path = weights.download_url(url, tmp_path)
+        assert path.read_bytes() == good and path == weights.url_cache_path(server.url("w.pth"), tmp_path)
+        assert server.requests == [("/w.pth", None)]  # the fragment is not sent
+        path.write_bytes(b"damaged")
+        assert weights.download_url(url, tmp_path).read_bytes() == good and len(server.requests) == 2
+        bad = f"{server.url('bad.pth')}#sha256={digest}"
+        with pytest.raises(ChecksumMismatchError, match=f"expected SHA-256 {digest}, but the download has "
+                                                        f"{hashlib.sha256(_small_weights(2.0)).hexdigest()}"):
+            weights.download_url(bad, tmp_path)
+        assert not weights.url_cache_path(bad, tmp_path).exists()
+    with pytest.raises(ValueError, match="Expected a URL's fragment to be '#sha256=<64 hex digits>'"):
+        weights.download_url("http://127.0.0.1:9/w.pth#md5=0123", tmp_path)
+
+
+def _hub_cache_with_blob(cache: Path, repo_id: str, content: bytes, blob_name: str) -> None:
+    """The Hugging Face cache as the hub client writes it: the snapshot's file is a link to
+    ``blobs/<blob_name>``, ``blob_name`` being the SHA-256 the hub published for the file."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(sha)
+    (repo / "blobs").mkdir(exist_ok=True)
+    (repo / "blobs" / blob_name).write_bytes(content)
+    (repo / "snapshots" / sha).mkdir(parents=True, exist_ok=True)
+    link = repo / "snapshots" / sha / "model.safetensors"
+    link.unlink(missing_ok=True)
+    link.symlink_to(Path("..", "..", "blobs", blob_name))
+
+
+def test_a_cached_hub_file_must_have_the_hash_the_hub_published(tmp_path, monkeypatch):
+    from tresnet_ft.models.weights import ChecksumMismatchError, download_from_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    hub_id = PRETRAINED["tresnet_m.miil_in1k"].hub_id
+    _hub_cache_with_blob(tmp_path, hub_id, b"published", hashlib.sha256(b"published").hexdigest())
+    assert download_from_hub("tresnet_m.miil_in1k").read_bytes() == b"published"
+    swapped = hashlib.sha256(b"what the hub published").hexdigest()
+    _hub_cache_with_blob(tmp_path, hub_id, b"something else", swapped)
+    with pytest.raises(ChecksumMismatchError, match=f"has SHA-256 {hashlib.sha256(b'something else').hexdigest()}, "
+                                                    f"but the hub published {swapped}"):
+        download_from_hub("tresnet_m.miil_in1k")
+
+
+# --- bounded reading: a torch.save zip may not unpack beyond its size or the limit ------------------
+
+def test_the_unpacked_size_limit_is_an_environment_variable(tmp_path, monkeypatch):
+    from tresnet_ft.models.weights import CheckpointTooLargeError, read_checkpoint
+
+    torch.save({"w": torch.zeros(1 << 18)}, tmp_path / "w.pth")  # 1 MiB of float32
+    monkeypatch.setenv("TRESNET_FT_MAX_CHECKPOINT_BYTES", "100000")
+    with pytest.raises(CheckpointTooLargeError, match=r"above the limit of 100,000 bytes "
+                                                      r"\(TRESNET_FT_MAX_CHECKPOINT_BYTES\)\. Fix: if you trust"):
+        read_checkpoint(tmp_path / "w.pth")
+    monkeypatch.setenv("TRESNET_FT_MAX_CHECKPOINT_BYTES", str(2 << 20))
+    assert read_checkpoint(tmp_path / "w.pth")["w"].numel() == 1 << 18
+    monkeypatch.setenv("TRESNET_FT_MAX_CHECKPOINT_BYTES", "16G")
+    with pytest.raises(ValueError, match="Expected the environment variable TRESNET_FT_MAX_CHECKPOINT_BYTES to be "
+                                         "a positive integer"):
+        read_checkpoint(tmp_path / "w.pth")

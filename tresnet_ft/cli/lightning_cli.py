@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-import pickle
 import warnings
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from jsonargparse import DefaultHelpFormatter
@@ -17,6 +18,7 @@ from ..training.model_summary import CompactModelSummary
 from ..training.progress import FitReport, ThroughputProgressBar
 from ..training.checkpoint_io import SafeCheckpointIO
 from ..training.lightning_private import LightningCLIWithHooks, parser_option_strings, wandb_is_offline
+from ..classifier.checkpoint import trusted_hyperparameters
 from ..data import ImageDataModule
 from ..models.weights import read_checkpoint
 from ..training.module import TResNetClassifier
@@ -55,12 +57,15 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter)
 class TResNetCLI(LightningCLIWithHooks):
     """Lightning's CLI with the data → model links, so nothing is typed twice."""
 
+    model_flags: frozenset[str] = frozenset()  # the settings given as --model.KEY flags (parse_arguments)
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {name: spec for name, spec in LightningCLI.subcommands().items()
                 if name in ("fit", "validate", "test")}
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
+        self.model_flags = frozenset(_model_flags(args))
         if isinstance(args, list) and set(HELP_FLAGS) & set(args):
             self._show_values_as_defaults(parser, args)
         try:
@@ -93,13 +98,28 @@ class TResNetCLI(LightningCLIWithHooks):
             return
 
     def load_checkpoint_hyperparameters(self) -> None:
-        # LightningCLI reads --ckpt_path's hyperparameters here (torch.load, weights_only=True); a
-        # file it cannot read gets our one-line explanation instead of torch's page-long one.
-        try:
-            super().load_checkpoint_hyperparameters()
-        except (pickle.UnpicklingError, RuntimeError, EOFError):
-            read_checkpoint(self.config[self.config.subcommand].get("ckpt_path"))  # raises the clear error
-            raise
+        """Restore the model settings saved in ``--ckpt_path`` that a checkpoint may set.
+
+        Replaces Lightning's step, which merges every saved hyperparameter over the command line:
+        a crafted checkpoint's ``pretrained`` would then make the run download a URL or read any
+        file. Only :func:`trusted_hyperparameters` come from the checkpoint, read by
+        :func:`read_checkpoint` (no unpickling, bounded size, one-line errors), and a setting the
+        user gave as a ``--model.KEY`` flag keeps the user's value (recipe and ``--config`` values
+        do not: the checkpoint restores what its own run used).
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():  # as Lightning: the Trainer reports a missing file
+            return
+        checkpoint = read_checkpoint(ckpt_path)
+        saved = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+        restored, left_out = trusted_hyperparameters(saved)
+        if left_out:
+            log.debug("Not restored from %s: %s (a checkpoint may not name weights, files or code).",
+                      ckpt_path, ", ".join(left_out))
+        restored = {key: value for key, value in restored.items() if key not in self.model_flags}
+        if restored:
+            self.config = self.parser.parse_object({subcommand: {"model": restored}}, self.config)
 
     def build_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         # Atomic checkpoint writes and safe reads, unless the user chose plugins. Added here, not
@@ -125,6 +145,14 @@ class TResNetCLI(LightningCLIWithHooks):
         # values in hparams as they arrive, and checkpoints must stay weights_only-readable.
         parser.link_arguments("data.preprocessing", "model.preprocessing",
                               compute_fn=lambda preprocessing: preprocessing.to_dict(), apply_on="instantiate")
+
+
+def _model_flags(args: Any) -> set[str]:
+    """The model settings ``args`` names as flags: ``lr`` for ``--model.lr 0.1`` or ``--model.lr=0.1``,
+    ``head_args`` for ``--model.head_args.embed_dim 64``."""
+    prefix = "--model."
+    return {arg[len(prefix):].split("=", 1)[0].split(".", 1)[0]
+            for arg in (args if isinstance(args, list) else []) if isinstance(arg, str) and arg.startswith(prefix)}
 
 
 def _with_suggestion(err: argparse.ArgumentError, parser: Any) -> argparse.ArgumentError:

@@ -17,6 +17,9 @@ Example:
 
 from __future__ import annotations
 
+import math
+import numbers
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Optional
@@ -28,6 +31,9 @@ from ..errors import InvalidValueError
 EvalCrop = Literal["squish", "center_crop"]
 EVAL_CROPS: tuple[str, ...] = ("squish", "center_crop")
 TOTAL_STRIDE = 32  # TResNet halves the resolution five times
+# Over 9x the paper's 448 px per side: one image is then 192 MiB of float input. Larger sizes come from
+# a typo or a crafted checkpoint, and would exhaust memory at the first batch or export's sample input.
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -51,11 +57,14 @@ class EvalPreprocessing:
         object.__setattr__(self, "mean", _three_floats("mean", self.mean))
         object.__setattr__(self, "std", _three_floats("std", self.std))
         _check_image_size(self.image_size)
-        if self.eval_crop not in EVAL_CROPS:
-            raise InvalidValueError(f"Expected eval_crop to be one of {list(EVAL_CROPS)}, but got {self.eval_crop!r}.")
-        if not 0.0 < self.eval_crop_fraction <= 1.0:
+        if not isinstance(self.eval_crop, str) or self.eval_crop not in EVAL_CROPS:
+            raise InvalidValueError(f"Expected eval_crop to be one of {list(EVAL_CROPS)}, but got "
+                                    f"{short_repr(self.eval_crop)}.")
+        # A string or None from a checkpoint must be this error, not a TypeError from the comparison.
+        fraction = self.eval_crop_fraction
+        if not is_finite_number(fraction) or not 0.0 < fraction <= 1.0:
             raise InvalidValueError(
-                f"Expected eval_crop_fraction in (0, 1], but got {self.eval_crop_fraction}.")
+                f"Expected eval_crop_fraction in (0, 1], but got {short_repr(fraction)}.")
         if min(self.std) <= 0:
             raise InvalidValueError(f"Expected a positive std per channel, but got {self.std}.")
 
@@ -104,9 +113,16 @@ class EvalPreprocessing:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> EvalPreprocessing:
-        """The inverse of :meth:`to_dict`; missing keys take the defaults, unknown keys are an error."""
+        """The inverse of :meth:`to_dict`; missing keys take the defaults, unknown keys are an error.
+
+        ``values`` may come from a checkpoint of unknown origin, so every wrong type is an
+        :class:`~tresnet_ft.errors.InvalidValueError` naming the setting, never a ``TypeError``.
+        """
+        if not isinstance(values, Mapping):
+            raise InvalidValueError(f"Expected the evaluation preprocessing to be a dict of settings, but got "
+                                    f"{type(values).__name__}.")
         known = {field.name for field in fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(str(key) for key in set(values) - known)  # str: keys of mixed types do not sort
         if unknown:
             raise InvalidValueError(f"Unknown evaluation preprocessing settings {unknown}; expected some of "
                                     f"{sorted(known)}.")
@@ -145,23 +161,46 @@ def _per_channel(values: tuple[float, float, float], like: torch.Tensor) -> torc
 
 
 def _three_floats(name: str, values: Sequence[float]) -> tuple[float, float, float]:
-    try:
+    # Only a list or tuple: float() would also take the characters of "123" or a dict's keys. Only
+    # finite numbers: a NaN or an infinity would turn every prediction into NaN.
+    floats: tuple[float, ...] = ()
+    if isinstance(values, (list, tuple)) and all(is_finite_number(v) for v in values):
         floats = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        floats = ()
     if len(floats) != 3:
-        raise InvalidValueError(f"Expected {name} to be three numbers (R, G, B), but got {values!r}.")
+        raise InvalidValueError(f"Expected {name} to be three numbers (R, G, B), but got {short_repr(values)}.")
     return floats  # type: ignore[return-value]
+
+
+def is_finite_number(value: Any) -> bool:
+    """A finite real number (NumPy's too), not a bool; an int small enough that float() cannot overflow."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return abs(value) < 2**53 if isinstance(value, numbers.Integral) else math.isfinite(value)
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` cut to a few dozen characters, for messages about values read from files; an int
+    too long for Python to print (over 4300 digits) is described instead of raising."""
+    try:
+        return reprlib.repr(value)
+    except ValueError:
+        return f"an {type(value).__name__} too large to print"
 
 
 def _check_image_size(size: int) -> None:
     """Checked where the size is chosen, so a bad one fails before any data or model is built."""
     if isinstance(size, bool) or not isinstance(size, int):
-        raise InvalidValueError(f"Expected image_size to be an integer multiple of {TOTAL_STRIDE}, but got {size!r}.")
+        raise InvalidValueError(f"Expected image_size to be an integer multiple of {TOTAL_STRIDE}, but got "
+                                f"{short_repr(size)}.")
+    if size > MAX_IMAGE_SIZE:
+        raise InvalidValueError(
+            f"Expected image_size to be at most {MAX_IMAGE_SIZE} (one such image is already 192 MiB of model input), "
+            f"but got {short_repr(size)}. Fix: choose a multiple of {TOTAL_STRIDE} up to {MAX_IMAGE_SIZE}, "
+            "e.g. --data.image_size 448.")
     if size >= TOTAL_STRIDE and size % TOTAL_STRIDE == 0:
         return
     below = max(TOTAL_STRIDE, size // TOTAL_STRIDE * TOTAL_STRIDE)
     nearest = f"{below} or {below + TOTAL_STRIDE}" if size > below else f"{below}"
     raise InvalidValueError(
         f"Expected image_size to be a multiple of {TOTAL_STRIDE} (TResNet downsamples by {TOTAL_STRIDE}), "
-        f"but got {size}. Fix: --data.image_size {nearest}.")
+        f"but got {short_repr(size)}. Fix: --data.image_size {nearest}.")

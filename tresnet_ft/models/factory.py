@@ -124,7 +124,8 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained: Pretr
             published tag (``tresnet_m.miil_in21k``), which implies ``pretrained=True``.
         num_classes: outputs of the head; ``None`` keeps the pretrained checkpoint's (or 1000).
         pretrained: ``None``/``False`` (random init), ``True`` (the default tag), a tag, a URL,
-            or a path to ``.safetensors``/``.pth``/``.pt``/``.ckpt``.
+            or a path to ``.safetensors``/``.pth``/``.pt``/``.ckpt``. A URL may end in
+            ``#sha256=<64 hex digits>``: the download (and its cached copy) must have that SHA-256.
         head: a head name (``"linear"``, ...); ``head_args`` go to its constructor.
         norm: ``"inplace_abn"`` (default) or ``"bn"``.
         channels_last: NHWC weights and activations (inputs are converted in ``forward``).

@@ -8,16 +8,21 @@ Three checkpoint formats are recognised and brought to timm's keys:
   scales converted to BatchNorm's convention with ``|w| + 1e-5``;
 * this project's Lightning checkpoints (``state_dict`` with a ``model.`` prefix).
 
-Nothing is ever unpickled beyond tensors: ``torch.load(weights_only=True)`` or safetensors.
+Nothing is ever unpickled beyond tensors: ``torch.load(weights_only=True)`` or safetensors, and
+nothing unpacks beyond bounds (:func:`read_checkpoint`). Downloads are cached per URL and checked
+against a checksum where one is known (``#sha256=`` on a URL; the hub's content hash for a tag).
 """
 from __future__ import annotations
 
+import hashlib
 import http.client
 import logging
 import os
 import pickle
 import re
 import urllib.error
+import urllib.parse
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
@@ -32,6 +37,11 @@ log = logging.getLogger(__name__)
 
 ORIGINAL_IABN_EPS = 1e-5
 WEIGHTS_CACHE = Path(os.environ.get("TRESNET_FT_WEIGHTS", Path.home() / ".cache" / "tresnet-ft" / "weights"))
+MAX_CHECKPOINT_BYTES_ENV = "TRESNET_FT_MAX_CHECKPOINT_BYTES"
+# TResNet-XL's last.ckpt (weights, EMA, AdamW moments) unpacks to ~1.3 GB: 16 GiB leaves room for big heads.
+DEFAULT_MAX_CHECKPOINT_BYTES = 16 << 30
+# torch.save stores records uncompressed (they unpack to about the file's size); far more is a zip bomb.
+MAX_INFLATION = 4
 
 
 class UnsafeCheckpointError(InvalidValueError):
@@ -44,6 +54,14 @@ class WeightsUnavailableError(UnavailableError):
 
 class CorruptCheckpointError(InvalidValueError):
     """The file is truncated or not a checkpoint at all (an interrupted copy, a disk that filled up)."""
+
+
+class CheckpointTooLargeError(InvalidValueError):
+    """The file's records would unpack to more memory than allowed (see :func:`read_checkpoint`)."""
+
+
+class ChecksumMismatchError(InvalidValueError):
+    """A downloaded or cached weights file does not have the content its checksum promises."""
 
 
 @dataclass(frozen=True)
@@ -118,36 +136,97 @@ def download_from_hub(name: str) -> Path:
             raise WeightsUnavailableError(_offline_message(f"pretrained weights {name!r}", where)
                                           + f" ({constants.ENDPOINT}: {failure})")
     try:
-        return Path(huggingface_hub.hf_hub_download(cfg.hub_id, HUB_FILE))
+        path = Path(huggingface_hub.hf_hub_download(cfg.hub_id, HUB_FILE))
     except Exception as err:  # the hub raises many types for "offline", "no cache", "no repo"
         raise WeightsUnavailableError(_offline_message(f"pretrained weights {name!r}", where)
                                       + f" ({type(err).__name__})") from None
+    return _verify_hub_file(path, name)
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify_hub_file(path: Path, name: str) -> Path:
+    """``path`` once its content matches the hash the hub published for it: the Hugging Face cache
+    links ``snapshots/<revision>/model.safetensors`` to ``blobs/<sha256 of the content>`` (the LFS
+    object id). Without such a link (a copy; no symlinks) there is nothing to compare with."""
+    blob = path.resolve()
+    if not _SHA256_HEX.fullmatch(blob.name):
+        return path
+    actual = file_sha256(blob)
+    if actual != blob.name:
+        raise ChecksumMismatchError(
+            f"The cached file {path} of pretrained weights {name!r} has SHA-256 {actual}, but the hub published "
+            f"{blob.name}: it was damaged or replaced after the download. Fix: delete {blob} and run again to "
+            "download it afresh.")
+    return path
+
+
+def _split_checksum(url: str) -> tuple[str, Optional[str]]:
+    """``url`` without a ``#sha256=<hex>`` fragment, and that hex digest (None: no checksum given)."""
+    source, _, fragment = url.partition("#")
+    if not fragment:
+        return source, None
+    digest = fragment[len("sha256="):].lower() if fragment.startswith("sha256=") else ""
+    if not _SHA256_HEX.fullmatch(digest):
+        raise InvalidValueError(f"Expected a URL's fragment to be '#sha256=<64 hex digits>' (the file's checksum), "
+                                f"but got '#{fragment[:80]}' in {source}.")
+    return source, digest
 
 
 def url_cache_path(url: str, cache_dir: Path | None = None) -> Path:
-    """Where :func:`download_url` keeps the file of ``url``."""
+    """Where :func:`download_url` keeps the file of ``url``: ``<cache>/<stem>-<key><suffix>``
+    (``w.pth`` → ``w-<key>.pth``), ``key`` being the first 16 hex digits of the SHA-256 of the whole
+    URL (``#sha256=`` left out): two URLs that end in the same file name never share a cached file.
+    """
     cache_dir = WEIGHTS_CACHE if cache_dir is None else Path(cache_dir)
-    return cache_dir / Path(url.split("?")[0]).name
+    source, _ = _split_checksum(url)
+    # Only the URL path's last part, in safe characters: it must stay one name inside the folder.
+    name = Path(re.sub(r"[^A-Za-z0-9._-]", "_", Path(urllib.parse.urlsplit(source).path).name).lstrip(".") or "weights")
+    key = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return cache_dir / f"{name.stem}-{key}{name.suffix}"
 
 
 def download_url(url: str, cache_dir: Path | None = None) -> Path:
     """Fetch a weights file from ``url`` into ``cache_dir`` (once), with a progress bar.
 
-    ``cache_dir`` defaults to ``$TRESNET_FT_WEIGHTS`` or ``~/.cache/tresnet-ft/weights``.
-    Bytes go to ``<name>.part`` and the file appears only once complete, so an interrupted
-    download never looks like a cached file; the next call resumes it (HTTP Range) or restarts.
+    ``cache_dir`` defaults to ``$TRESNET_FT_WEIGHTS`` or ``~/.cache/tresnet-ft/weights``; each URL
+    has its own file there (:func:`url_cache_path`). Bytes go to ``<name>.part`` and the file
+    appears only once complete; the next call resumes an interrupted one (HTTP Range) or restarts.
+    With a ``#sha256=<hex>`` fragment, a cached file without that SHA-256 is fetched again and a
+    download without it is removed and refused.
     """
     # Plain Python, imported late: `import tresnet_ft.models` stays light.
     from ..fetch.download import download_file
 
+    source, sha256 = _split_checksum(url)
     target = url_cache_path(url, cache_dir)
     if target.exists():
-        return target
+        if sha256 is None or file_sha256(target) == sha256:
+            return target
+        log.warning("The cached download %s does not have the SHA-256 %s; downloading it again.", target, sha256)
+        target.unlink()
     try:
-        return download_file(url, target, md5=None, progress=True)
+        path = download_file(source, target, md5=None, progress=True)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:  # OSError: ConnectionError, timeouts
-        raise WeightsUnavailableError(_offline_message(f"weights from {url}", str(target.parent))
+        raise WeightsUnavailableError(_offline_message(f"weights from {source}", str(target.parent))
                                       + f" ({err})") from None
+    actual = file_sha256(path) if sha256 is not None else None
+    if actual != sha256:
+        path.unlink()
+        raise ChecksumMismatchError(f"Checksum mismatch for {source}: expected SHA-256 {sha256}, but the download has "
+                                    f"{actual}. It was removed. Fix: check the URL and its #sha256= value, or "
+                                    "download the file elsewhere and pass its path.")
+    return path
 
 
 def missing_weights(source: str) -> Optional[MissingInput]:
@@ -196,11 +275,15 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
         FileNotFoundError: no such file.
         UnsafeCheckpointError: the file needs arbitrary unpickling (possibly malicious).
         CorruptCheckpointError: the file is truncated or not a checkpoint.
+        CheckpointTooLargeError: its records would unpack to more than :data:`MAX_INFLATION` times
+            the file's size, or to more than ``$TRESNET_FT_MAX_CHECKPOINT_BYTES`` (default 16 GiB).
     """
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"Weights file {path} does not exist. Check the path, or pass a "
                                 f"published tag instead (see tresnet_ft.list_pretrained()).")
+    if path.suffix != ".safetensors":  # safetensors maps the file itself: it takes no more than its size
+        check_unpacked_size(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -221,6 +304,42 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
             f"Could not read {path} ({path.stat().st_size} bytes): it is truncated or not a checkpoint "
             f"({type(err).__name__}: {first_line}). Fix: copy or download it again; a file in a "
             "download cache can simply be deleted.") from None
+
+
+def max_checkpoint_bytes() -> int:
+    """What one checkpoint may unpack to: ``$TRESNET_FT_MAX_CHECKPOINT_BYTES``, else 16 GiB."""
+    raw = os.environ.get(MAX_CHECKPOINT_BYTES_ENV, "").strip() or str(DEFAULT_MAX_CHECKPOINT_BYTES)
+    value = int(raw) if raw.isdigit() else 0
+    if value < 1:
+        raise InvalidValueError(f"Expected the environment variable {MAX_CHECKPOINT_BYTES_ENV} to be a positive "
+                                f"integer (bytes), but got {raw!r}. Fix: set it to e.g. "
+                                f"{DEFAULT_MAX_CHECKPOINT_BYTES} (the default, 16 GiB), or unset it.")
+    return value
+
+
+def check_unpacked_size(path: Path) -> None:
+    """Refuse a ``torch.save`` zip whose records declare more bytes than it may take in memory:
+    ``torch.load`` allocates each at its declared size, and a deflated record of zeros could take
+    1000x the file's size. Other formats (the legacy ``torch.save`` stream) go to ``torch.load``."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):  # torch.load explains a damaged file
+        return
+    size, limit = path.stat().st_size, max_checkpoint_bytes()
+    if unpacked > MAX_INFLATION * size + (1 << 20):  # 1 MiB: slack for tiny files
+        raise CheckpointTooLargeError(
+            f"Refusing to load {path}: its records would unpack to {unpacked:,} bytes from a {size:,}-byte file "
+            f"({unpacked / max(size, 1):,.0f}x; torch.save stores records uncompressed, so at most "
+            f"{MAX_INFLATION}x is accepted). It is a decompression bomb or was not written by torch.save. "
+            "Fix: use a checkpoint written by torch.save or tresnet-ft.")
+    if unpacked > limit:
+        raise CheckpointTooLargeError(
+            f"Refusing to load {path}: its records would unpack to {unpacked:,} bytes, above the limit of "
+            f"{limit:,} bytes ({MAX_CHECKPOINT_BYTES_ENV}). Fix: if you trust the file and have the memory, "
+            f"raise it, e.g. {MAX_CHECKPOINT_BYTES_ENV}={2 * max(unpacked, limit)}.")
 
 
 def _unwrap(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:

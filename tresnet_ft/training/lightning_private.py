@@ -50,7 +50,9 @@ class LightningCLIWithHooks(LightningCLI):
 
     - :meth:`load_checkpoint_hyperparameters` runs ``LightningCLI._parse_ckpt_path()``, which
       ``LightningCLI.__init__`` calls once, right after parsing: it reads the hyperparameters
-      saved in ``--ckpt_path`` (``torch.load``) into ``self.config``.
+      saved in ``--ckpt_path`` (``torch.load``) into ``self.config``, over the parsed values and
+      all of them. A subclass may replace the step without calling ``super()``
+      (``tresnet_ft.cli.lightning_cli.TResNetCLI`` restores only settings a checkpoint may set).
     - :meth:`build_trainer` runs ``LightningCLI._instantiate_trainer(config, callbacks)``, which
       the public ``instantiate_trainer`` calls with the Trainer's keyword arguments and the
       callbacks given as arguments; it adds ``trainer_defaults["callbacks"]`` and the

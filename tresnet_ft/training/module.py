@@ -12,14 +12,15 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 
 from ..losses import create_loss, resolve_loss
 from .plot_callback import PlotCallback
-from ..classifier.checkpoint import METADATA_KEY, ClassifierInfo
+from ..classifier.checkpoint import METADATA_KEY, ClassifierInfo, checked_metadata, trusted_hyperparameters
 from ..data.preprocessing import EvalPreprocessing
 from .ema import FusedEMAWeightAveraging, averaged_state_dict
 from .freezing import freezing_callbacks
 from .evaluation import EvaluationAccumulator, EvaluationResult
 from ..models import convert_sync_norm, create_model, refresh_invertibility
 from ..models.factory import pretrained_source
-from .optim import build_optimizer, build_scheduler, param_groups
+from ..models.weights import read_checkpoint
+from .optim import SETTING_RANGES, build_optimizer, build_scheduler, check_settings, param_groups
 from ..classifier.thresholds import Thresholds, tune_thresholds
 from ..errors import InvalidValueError, TrainingDivergedError
 from .checkpoint_fit import check_checkpoint_fits, checkpoint_setup
@@ -116,7 +117,8 @@ class TResNetClassifier(pl.LightningModule):
         checkpoint_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
-        preprocessing = _check_arguments(task, num_classes, classes, preprocessing, checkpoint_every_n_steps)
+        # locals(): every argument by name, as save_hyperparameters reads them below
+        preprocessing = _check_arguments(task, num_classes, classes, preprocessing, checkpoint_every_n_steps, locals())
         self.save_hyperparameters()  # reads the arguments' current values: preprocessing as a plain dict
         self.head_args = dict(head_args or {})
         if head == "linear" and drop_rate:
@@ -328,8 +330,8 @@ class TResNetClassifier(pl.LightningModule):
             raise InvalidValueError(f"{path} holds weights only (as best.ckpt does), not the optimizer and schedule "
                              "state that resuming needs. Fix: resume with --ckpt_path last, or start a new run "
                              f"from these weights with --model.pretrained {path}.")
-        meta = checkpoint.get(METADATA_KEY) or {}
-        self._check_checkpoint_fits(meta, checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY) or {})
+        meta = checked_metadata(checkpoint, getattr(trainer, "ckpt_path", None))  # checked: the file is untrusted
+        self._check_checkpoint_fits(meta, trusted_hyperparameters(checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY))[0])
         if meta.get("thresholds"):
             self.thresholds = Thresholds.from_dict(meta["thresholds"])
         if meta.get("classes"):
@@ -342,6 +344,16 @@ class TResNetClassifier(pl.LightningModule):
                 "classes": self.classes if self.hparams.classes is not None else None,  # None: unnamed
                 "arch": self.hparams.arch.split(".")[0], "head": self.hparams.head, "norm": self.hparams.norm}
         check_checkpoint_fits(checkpoint_setup(meta, hparams), ours, getattr(attached_trainer(self), "ckpt_path", None))
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: Optional[bool] = None, **kwargs: Any) -> "TResNetClassifier":
+        """Lightning's, except that the checkpoint cannot name weights to fetch or read (its
+        ``pretrained`` and an ``arch`` tag are dropped; the weights come from the checkpoint itself).
+        Keyword arguments still win."""
+        restored, _ = trusted_hyperparameters(read_checkpoint(checkpoint_path).get(cls.CHECKPOINT_HYPER_PARAMS_KEY))
+        kwargs = {"pretrained": None, **({"arch": restored["arch"]} if "arch" in restored else {}), **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, **kwargs)
 
     @classmethod
     def from_datamodule(cls, datamodule: Any, **kwargs: Any) -> "TResNetClassifier":
@@ -363,10 +375,13 @@ def _weights_only(checkpoint: dict[str, Any]) -> bool:
 
 
 def _check_arguments(task: str, num_classes: int, classes: Optional[list[str]], preprocessing: Any,
-                     checkpoint_every_n_steps: Optional[int]) -> dict[str, Any]:
-    """Refuse arguments no run could use, before the network is built. Returns ``preprocessing`` as a plain
-    dict (:meth:`EvalPreprocessing.to_dict`) for ``hparams``: checkpoints stay ``weights_only``-readable."""
+                     checkpoint_every_n_steps: Optional[int], arguments: dict[str, Any]) -> dict[str, Any]:
+    """Refuse arguments no run could use, before the network is built (``arguments``: all of them, by
+    name; the numeric settings among them are checked against their ranges,
+    :data:`~tresnet_ft.training.optim.SETTING_RANGES`). Returns ``preprocessing`` as a plain dict
+    (:meth:`EvalPreprocessing.to_dict`) for ``hparams``: checkpoints stay ``weights_only``-readable."""
     _check_choice("task", task, TASKS)
+    check_settings({name: arguments[name] for name in SETTING_RANGES})
     if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
         raise InvalidValueError(f"Expected checkpoint_every_n_steps to be a positive integer or None, but got "
                                 f"{checkpoint_every_n_steps}.")
