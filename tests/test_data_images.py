@@ -13,7 +13,8 @@ import torch
 
 from tests.data_builders import write_jpeg
 from tresnet_ft.data import ImageFileDataset, UnreadableImageError, decode_image, read_image
-from tresnet_ft.data.images import jpeg_size, reduction_factor
+from tresnet_ft.data.image_headers import jpeg_size
+from tresnet_ft.data.images import reduction_factor
 from tresnet_ft.data.unreadable import UnreadableLog
 
 

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# jpeg_end, jpeg_size and sniff_image_format are also imported from here by older code and tests.
-from .image_headers import declared_size, jpeg_end, jpeg_size, sniff_image_format  # noqa: F401
+from .image_headers import declared_size, jpeg_end, sniff_image_format
 from ..errors import InvalidValueError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
