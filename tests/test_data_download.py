@@ -224,7 +224,7 @@ def test_an_interrupted_weights_download_resumes_and_a_corrupt_cached_one_is_fet
     from safetensors.torch import save
 
     from tresnet_ft import WeightsUnavailableError, create_model
-    from tresnet_ft.models.weights import download_url
+    from tresnet_ft.models.weights import download_url, url_cache_path
 
     state = {k: v.contiguous() for k, v in create_model("tresnet_m", 3, norm="bn").state_dict().items()}
     blob = save(state)
@@ -234,7 +234,9 @@ def test_an_interrupted_weights_download_resumes_and_a_corrupt_cached_one_is_fet
         server.cut_after = [len(blob) // 3]
         with pytest.raises(WeightsUnavailableError, match="stopped after .* run again to resume"):
             download_url(server.url("m.safetensors"))
-        assert [p.name for p in cache.iterdir()] == ["m.safetensors.part"]
+        cached = url_cache_path(server.url("m.safetensors"), cache)  # keyed by the whole URL
+        assert cached.name.startswith("m-") and cached.suffix == ".safetensors"
+        assert [p.name for p in cache.iterdir()] == [cached.name + ".part"]
         path = download_url(server.url("m.safetensors"), cache)
         assert server.requests[-1] == ("/m.safetensors", f"bytes={len(blob) // 3}-")
         assert path.read_bytes() == blob
