@@ -326,7 +326,17 @@ def _run_training(argv: Sequence[str]) -> int:
     except BaseException:  # SystemExit too: a bad flag ends LightningCLI's parser that way
         _release_unused(claimed)
         raise
+    _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """End a multi-process run's process group before the command returns: Lightning leaves it
+    open, and a gloo worker exiting with it open can abort (SIGABRT) after a finished run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _show_package_logs() -> None:
