@@ -128,6 +128,14 @@ def test_a_run_that_fails_gives_back_only_the_folder_it_claimed(default_runs, mo
     assert _versions(default_runs) == ["version_4", "version_5"]  # the first process's: not the worker's to remove
 
 
+def test_the_python_api_gives_back_the_folder_of_a_run_that_fails(default_runs):
+    import tresnet_ft
+
+    with pytest.raises(ValueError, match="Expected lr to be a number > 0"):
+        tresnet_ft.fit(recipe="quickstart", logger="csv", model={"lr": -1.0}, data={"dataset_options": {"num_images": 8}})
+    assert not default_runs.exists()  # as after the same mistake on the command line
+
+
 def test_print_config_claims_no_folder(default_runs, capsys):
     args, _ = training_args([*QUICK, "--print_config"])
     assert _logger_versions(args) == {0} and not default_runs.exists()

@@ -5,7 +5,7 @@ import json
 import os
 from typing import Any, Optional
 
-from .command import check_training_inputs, training_args
+from .command import _release_unused, _training_args, check_training_inputs
 
 
 def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
@@ -42,8 +42,12 @@ def fit(recipe: str = "quickstart", logger: Optional[str] = None, **overrides: A
     """
     argv = ["fit", "--recipe", recipe] + (["--logger", logger] if logger else []) + override_args(overrides)
     check_training_inputs(argv)  # first: missing weights or data fail it in seconds
-    args, run_name = training_args(argv)
+    args, run_name, claimed = _training_args(argv)
     from .lightning_cli import run_cli
 
-    cli = run_cli(args, run_name)
+    try:
+        cli = run_cli(args, run_name)
+    except BaseException:  # as the command does: a run that wrote nothing leaves no empty version_<N>
+        _release_unused(claimed)
+        raise
     return cli.model, cli.trainer.checkpoint_callback.best_model_path
