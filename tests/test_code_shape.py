@@ -28,6 +28,7 @@ LAYERS = [
     ["data"],
     ["classifier"],
     ["training", "inference"],
+    ["serve"],  # tresnet-ft serve: the HTTP server and its web page, over inference
     ["cli"],
 ]
 LAYER_OF = {name: rank for rank, names in enumerate(LAYERS) for name in names}
