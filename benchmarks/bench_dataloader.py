@@ -4,13 +4,15 @@ Cases (the training pipeline: crop, flip, RandAugment N=2 M=9, Cutout):
   * CIFAR (in memory, 32 px) -> 224
   * ~500 px JPEG files -> 224
   * ~500 px JPEG files -> 448
+  * the same JPEGs in a Parquet file read through ``--data.dataset hf`` -> 224, against the files
+    (``--parquet-only`` runs just this case); goal: >= 0.8x the files' images per worker CPU-second
 
 Each case runs a real ``DataLoader`` with 1 and with 2 workers, plus a single-process breakdown of
 where the time goes (decode, augment, tensor conversion) and the alternatives tried (full-size vs
 DCT-reduced JPEG decode, OpenCV vs Pillow decode, uint8 vs float32 output).
 
 Run from the repository root (with the package installed, or with PYTHONPATH=.):
-    python benchmarks/bench_dataloader.py [--quick]
+    python benchmarks/bench_dataloader.py [--quick] [--parquet-only]
 """
 
 from __future__ import annotations
@@ -162,12 +164,42 @@ def breakdown(
     return rows
 
 
+def parquet_vs_files(paths: list[Path], folder: Path, batch_size: int, batches: int, rounds: int) -> None:
+    """The same JPEG bytes as files and as a Parquet file (``datasets`` Image feature, bytes
+    embedded) read by :mod:`tresnet_ft.data.hf`, through one worker each, alternated ``rounds``
+    times so that both see the same machine load; prints each round and the median ratio."""
+    from datasets import Dataset, Features, Image, Value
+
+    from tresnet_ft.data.hf import load_hf
+
+    table = folder / "photos.parquet"
+    rows = {"image": [{"bytes": path.read_bytes(), "path": path.name} for path in paths],
+            "label": ["a", "b"] * (len(paths) // 2)}
+    Dataset.from_dict(rows, features=Features({"image": Image(), "label": Value("string")})).to_parquet(str(table))
+    hf = load_hf(table, "train", val_fraction=0.01, cache_dir=str(folder / "hf-cache"))
+    hf.min_decode_size = 224
+    # The same images, in the same order, as files: the train rows of the table are rows of `paths`.
+    files = ImageFileDataset([paths[int(row)] for row in hf.rows], hf.targets, hf.classes, min_decode_size=224)
+    transform = build_transforms(train=True, image_size=224, output="uint8")
+    cases = {"JPEG files -> 224 train": TransformedDataset(files, transform),
+             "Parquet (hf) -> 224 train": TransformedDataset(hf, transform)}
+    print(f"\nParquet vs files, 1 worker, {len(hf)} images, {table.stat().st_size / 2**20:.1f} MB Parquet")
+    ratios = []
+    for round_ in range(rounds):
+        rates = {name: loader_rate(case, 1, batch_size, batches)[1] for name, case in cases.items()}
+        ratios.append(rates["Parquet (hf) -> 224 train"] / rates["JPEG files -> 224 train"])
+        print(f"  round {round_}: " + ", ".join(f"{name} {rate:.0f} img/worker CPU-s" for name, rate in rates.items())
+              + f"; ratio {ratios[-1]:.2f}")
+    print(f"Parquet / files, images per worker CPU-second: median {np.median(ratios):.2f}x (goal >= 0.8x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer batches (a smoke run)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--parquet-only", action="store_true", help="only the Parquet-vs-files case")
     args = parser.parse_args()
     batches = 4 if args.quick else 16
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -180,8 +212,11 @@ def main() -> None:
         paths = make_jpegs(Path(tmp) / "500", 240)
         large = make_jpegs(Path(tmp) / "1200", 30, long_side=1200)
         size_kb = np.mean([p.stat().st_size for p in paths]) / 1024
-        cifar = make_cifar_like(5000)
         print(f"JPEG set: {len(paths)} files, about 500x375, mean {size_kb:.0f} KB\n")
+        if args.parquet_only:
+            parquet_vs_files(paths, Path(tmp) / "parquet", args.batch_size, batches, rounds=3)
+            return
+        cifar = make_cifar_like(5000)
         cases = {}
         for size in (224, 448):
             files = ImageFileDataset(
@@ -218,6 +253,8 @@ def main() -> None:
         for name in ("CIFAR -> 224, float32 out", "JPEG -> 224, float32 out"):
             wall, per_cpu = loader_rate(cases[name], 1, args.batch_size, batches)
             print(f"{name:34s} {1:7d} {wall:7.0f} {wall:13.0f} {per_cpu:21.0f}")
+
+        parquet_vs_files(paths, Path(tmp) / "parquet", args.batch_size, batches, rounds=3)
 
         print("\nsingle-thread breakdown (ms per image)")
         for size in (224, 448):

@@ -189,3 +189,11 @@ def test_tagging_notebook_reloads_the_same_model(tagging):
     _, summary = tagging
     assert summary["reload_max_abs_diff"] < 1e-5
     assert summary["thresholds_kept"] is True
+
+
+def test_tagging_notebook_saves_in_the_hub_layout_and_loads_it_back(tagging):
+    _, summary = tagging
+    assert {"config.json", "model.safetensors", "tresnet_ft.json", "README.md",
+            "plots/per_class_ap.png"} <= set(summary["hub_files"])
+    assert summary["hub_max_abs_diff"] < 1e-4
+    assert summary["hub_thresholds_kept"] is True

@@ -29,7 +29,7 @@ from tests.classifier_builders import (
 )
 from tests.run_helpers import error_line, start_command
 from tresnet_ft import UnsafeCheckpointError
-from tresnet_ft.classifier.checkpoint import ClassifierInfo, LoadedClassifier
+from tresnet_ft.classifier.checkpoint import ClassifierInfo
 from tresnet_ft.data import EvalPreprocessing
 from tresnet_ft.inference.predict import predict_to_file
 from tresnet_ft.outputs import partial_path
@@ -67,6 +67,29 @@ def _expected_top_k(checkpoint: Path, paths, k: int) -> tuple[list[list[str]], t
     probabilities = reference_logits(checkpoint, paths).softmax(dim=1)
     top_p, top_i = probabilities.topk(k, dim=1)
     return [[CLASSES[i] for i in row] for row in top_i.tolist()], top_p
+
+
+class StandInRuntime:
+    """A :class:`~tresnet_ft.inference.runtime.Runtime` whose logits come from ``model`` (a stand-in
+    network), fed the uint8 batches scaled the checkpoint's way into one reused buffer, as the
+    PyTorch runtime does."""
+
+    name, device = "stand-in", torch.device("cpu")
+
+    def __init__(self, model, info: ClassifierInfo, batch_size: int = 32) -> None:
+        from tresnet_ft.inference.stream import FloatInput
+
+        self.model, self.info = model, info
+        self._to_float = FloatInput(batch_size, info.preprocessing, self.device)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self._to_float(images))
+
+
+def _stand_in(monkeypatch, model, info: ClassifierInfo) -> None:
+    import tresnet_ft.inference.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "open_runtime", lambda *_, **__: StandInRuntime(model, info))
 
 
 # --- single-label ---------------------------------------------------------------------------------
@@ -163,7 +186,6 @@ def test_rows_reach_the_file_as_each_batch_finishes(photos, tmp_path, monkeypatc
     The rows stream into the hidden partial file beside the output, which appears only, whole,
     at the end (the output is atomic). (A stand-in model: this is about the loop and the writer,
     not the network.)"""
-    import tresnet_ft.inference.predict as predict_module
 
     folder, _, _ = photos
     output = tmp_path / "predictions.csv"
@@ -177,7 +199,7 @@ def test_rows_reach_the_file_as_each_batch_finishes(photos, tmp_path, monkeypatc
 
     info = ClassifierInfo(arch="tresnet_m", classes=CLASSES, task="single_label",
                           preprocessing=EvalPreprocessing(IMAGE_SIZE))
-    monkeypatch.setattr(predict_module, "load_fused_classifier", lambda *_: LoadedClassifier(model, info))
+    _stand_in(monkeypatch, model, info)
     predict_to_file("unused.ckpt", [folder], output, batch_size=2, num_workers=0, progress=False)
     # Sorted paths in batches of 2: [a, b] [broken, c] [f, d] [e, empty] [g] -> 2, 1, 2, 1, 1 rows.
     assert lines_on_disk_at_each_batch == [1, 3, 4, 6, 7]
@@ -186,11 +208,9 @@ def test_rows_reach_the_file_as_each_batch_finishes(photos, tmp_path, monkeypatc
 
 
 def test_a_run_with_no_readable_image_writes_just_the_header(photos, tmp_path, monkeypatch):
-    import tresnet_ft.inference.predict as predict_module
-
     info = ClassifierInfo(arch="tresnet_m", classes=TAGS, task="multi_label",
                           preprocessing=EvalPreprocessing(IMAGE_SIZE))
-    monkeypatch.setattr(predict_module, "load_fused_classifier", lambda *_: LoadedClassifier(None, info))
+    _stand_in(monkeypatch, None, info)
     _, _, unreadable = photos
     summary = predict_to_file("unused.ckpt", unreadable, tmp_path / "tags.csv", progress=False)
     assert (tmp_path / "tags.csv").read_text().splitlines() == ["path,tags,scores"]
@@ -207,13 +227,25 @@ import json, resource, sys
 from pathlib import Path
 import torch
 import tresnet_ft.inference.predict as predict
-from tresnet_ft.classifier.checkpoint import ClassifierInfo, LoadedClassifier
+from tresnet_ft.classifier.checkpoint import ClassifierInfo
 from tresnet_ft.data import EvalPreprocessing
+from tresnet_ft.inference.stream import FloatInput
 
 info = ClassifierInfo(arch="tresnet_m", classes=list("abcde"), task="single_label",
                       preprocessing=EvalPreprocessing(128))
 weights = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
-predict.load_fused_classifier = lambda *_: LoadedClassifier(lambda x: x.mean((2, 3)) @ weights, info)
+
+class StandIn:  # the Runtime interface, scaling into one reused buffer as the PyTorch runtime does
+    name, device = "stand-in", torch.device("cpu")
+
+    def __init__(self):
+        self.info, self.to_float = info, FloatInput(32, info.preprocessing, self.device)
+
+    def logits(self, images):
+        return self.to_float(images).mean((2, 3)) @ weights
+
+
+predict.open_runtime = lambda *_, **__: StandIn()
 summary = predict.predict_to_file("stand-in.ckpt", [sys.argv[1]], Path(sys.argv[2]), batch_size=32,
                                   num_workers=1, progress=False)
 status = dict(line.split(":", 1) for line in open("/proc/self/status"))
@@ -336,8 +368,6 @@ def test_an_output_that_is_an_input_or_not_a_regular_file_is_one_line(single_lab
 
 
 def test_an_error_mid_run_keeps_the_previous_output_whole(photos, tmp_path, monkeypatch):
-    import tresnet_ft.inference.predict as predict_module
-
     output = tmp_path / "predictions.jsonl"
     output.write_bytes(b'{"path": "old run", "labels": ["ant"], "probabilities": [1.0]}\n')
     before = output.read_bytes()
@@ -351,7 +381,7 @@ def test_an_error_mid_run_keeps_the_previous_output_whole(photos, tmp_path, monk
 
     info = ClassifierInfo(arch="tresnet_m", classes=CLASSES, task="single_label",
                           preprocessing=EvalPreprocessing(IMAGE_SIZE))
-    monkeypatch.setattr(predict_module, "load_fused_classifier", lambda *_: LoadedClassifier(model, info))
+    _stand_in(monkeypatch, model, info)
     with pytest.raises(RuntimeError, match="out of memory on batch 2"):
         predict_to_file("unused.ckpt", [photos[0]], output, batch_size=2, num_workers=0, progress=False)
     assert output.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [output.name]

@@ -27,7 +27,7 @@ import errno
 import os
 import shutil
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .errors import DiskFullError, InvalidValueError
@@ -123,6 +123,67 @@ def atomic_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] =
         partial.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (),
+                  is_ours: Callable[[Path], bool] = lambda folder: False,
+                  fix: str | None = None) -> Iterator[Path]:
+    """Yield a hidden empty folder beside ``path``; when the block ends without an error, make it ``path``.
+
+    The folder counterpart of :func:`atomic_output`: files go to ``.<name>.partial/``, are flushed,
+    and the folder is renamed into place. A previous ``path`` is replaced only when ``is_ours(path)``
+    says it is an earlier output of the same kind (or it is empty); it is first renamed to
+    ``.<name>.old`` and removed once the new one is in place, so a kill at any moment leaves the old
+    folder, the new one, or (between the two renames) the old one under its hidden name, never a
+    half-written folder under ``path``. On any exception the partial folder is removed.
+
+    Raises:
+        InvalidValueError: ``path`` is a file, a device or a link; a non-empty folder ``is_ours``
+            refuses; or a folder holding one of ``inputs``.
+        DiskFullError: ``ENOSPC``/``EDQUOT`` inside the block; ``path`` is untouched.
+    """
+    target = Path(path)
+    _check_output_folder(target, inputs, is_ours, fix)
+    _make_folder(target.parent)
+    partial, old = target.with_name(f".{target.name}.partial"), target.with_name(f".{target.name}.old")
+    for stale in (partial, old):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    partial.mkdir()
+    try:
+        yield partial
+        for file in (p for p in partial.rglob("*") if p.is_file()):
+            _sync(file)
+        if target.is_dir():
+            os.rename(target, old)
+        os.rename(partial, target)
+        _sync(target.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as error:
+        if error.errno in DISK_FULL_ERRNOS and not isinstance(error, DiskFullError):
+            full = DiskFullError(_disk_full_message(target, target, error, None))
+            full.errno = error.errno
+            raise full from error
+        raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _check_output_folder(target: Path, inputs: Iterable[str | os.PathLike], is_ours: Callable[[Path], bool],
+                         fix: str | None) -> None:
+    fix = fix or f"choose a new folder, e.g. -o {target.with_name(target.name + '-new')}"
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        kind = "a link" if target.is_symlink() else "a file" if target.is_file() else "not a folder"
+        raise InvalidValueError(f"Expected the output {target} to be a new folder, but it is {kind}; writing the "
+                                f"output would replace it. Fix: {fix}.")
+    resolved = target.resolve()
+    for source in inputs:
+        if Path(source).exists() and Path(source).resolve().is_relative_to(resolved):
+            raise InvalidValueError(f"Expected the output folder {target} not to hold the input {source}; replacing "
+                                    f"the folder would delete it. Fix: {fix}.")
+    if target.is_dir() and any(target.iterdir()) and not is_ours(target):
+        raise InvalidValueError(f"Expected the output {target} to be a new or empty folder, or an earlier output of "
+                                f"this command, but it holds other files. Fix: {fix}.")
+
+
 def _disk_full_message(named: Path, target: Path, error: OSError, fix: str | None) -> str:
     # Starts with strerror ("No space left on device" / "Disk quota exceeded"), the words users search for.
     reason = os.strerror(error.errno or errno.ENOSPC)
@@ -188,4 +249,4 @@ def _sync(path: Path) -> None:
         os.close(descriptor)
 
 
-__all__ = ["DiskFullError", "atomic_output", "check_output", "partial_path"]
+__all__ = ["DiskFullError", "atomic_folder", "atomic_output", "check_output", "partial_path"]

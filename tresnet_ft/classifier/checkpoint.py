@@ -25,6 +25,7 @@ from ..data.transforms import ImageTransform, eval_transform
 from ..heads import HEADS, create_head
 from ..models import ARCHS, create_model
 from ..models.norm_act import NORM_LAYERS
+from ..models.hub_folder import is_hub_source
 from ..models.weights import read_checkpoint
 from ..errors import InvalidValueError
 
@@ -203,12 +204,24 @@ class LoadedClassifier:
 def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> LoadedClassifier:
     """Read a tresnet-ft checkpoint (safely) and rebuild the trained classifier.
 
+    ``path`` may also be a folder in timm's hub layout: ``DIR``, ``local-dir:DIR`` or
+    ``hf-hub:ORG/NAME`` (see :func:`tresnet_ft.classifier.hub_folder.load_hub_classifier`).
+
     Raises:
         FileNotFoundError: no such file.
         UnsafeCheckpointError: the file needs arbitrary unpickling.
         ValueError: not a tresnet-ft checkpoint (the message says what it looks like instead).
     """
-    checkpoint = read_checkpoint(path)
+    if is_hub_source(path):
+        from .hub_folder import load_hub_classifier  # late: it builds on this module
+
+        return load_hub_classifier(path, device)
+    return classifier_from_checkpoint(read_checkpoint(path), path, device)
+
+
+def classifier_from_checkpoint(checkpoint: Any, path: Any,
+                               device: Union[str, torch.device] = "cpu") -> LoadedClassifier:
+    """:func:`load_classifier` on a checkpoint already read (``read_checkpoint``); ``path`` names it."""
     meta = checkpoint.get(METADATA_KEY) if isinstance(checkpoint, Mapping) else None
     if not isinstance(meta, dict):
         keys = sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
@@ -217,7 +230,7 @@ def load_classifier(path: Union[str, Path], device: Union[str, torch.device] = "
                                 "`tresnet-ft fit` (e.g. runs/<recipe>/version_<N>/checkpoints/best.ckpt).")
     try:  # the metadata and the weights are checked before anything is built from them
         info = ClassifierInfo.from_dict(meta)
-        model = _build_classifier(info, _classifier_state(checkpoint.get("state_dict")))
+        model = build_classifier(info, _classifier_state(checkpoint.get("state_dict")))
     except InvalidValueError as err:
         raise InvalidValueError(f"Cannot use {path}: {err}") from None
     return LoadedClassifier(model.to(device).eval(), info)
@@ -244,7 +257,7 @@ def _classifier_state(state_dict: Any) -> dict[str, torch.Tensor]:
             if isinstance(k, str) and k.startswith(STATE_PREFIX)}
 
 
-def _build_classifier(info: ClassifierInfo, state: dict[str, torch.Tensor]) -> nn.Module:
+def build_classifier(info: ClassifierInfo, state: dict[str, torch.Tensor]) -> nn.Module:
     """The network ``info`` describes with ``state`` loaded, or one error naming what does not fit.
 
     The metadata sizes the head (class count, ``head_args``), so the head is first built on the

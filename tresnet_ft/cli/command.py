@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tresnet_ft")
 
 TRAINING_COMMANDS = ("fit", "validate", "test")
-TOOL_COMMANDS = ("recipes", "predict", "export", "models", "smoke")
+TOOL_COMMANDS = ("recipes", "predict", "export", "push", "serve", "models", "smoke")
 # Our own family (tresnet_ft.errors), and a bad training flag or config value (LightningCLI's
 # parser raises ArgumentError). Anything else is a bug: it keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, argparse.ArgumentError)

@@ -61,7 +61,9 @@ def _data_piece(data: Mapping[str, Any]) -> Optional[MissingInput]:
         return None
     try:
         # download defaults to on, as in ImageDataModule
-        return missing_dataset(str(data["dataset"]), data.get("root"), bool(data.get("download", True)))
+        options = data.get("dataset_options")
+        return missing_dataset(str(data["dataset"]), data.get("root"), bool(data.get("download", True)),
+                               dict(options) if isinstance(options, Mapping) else None)
     except ValueError:
         return None  # an unknown dataset or a missing root: the DataModule names it and the fix
 

@@ -5,7 +5,9 @@ plus three keys of its own:
 
 * ``base``: the recipe it extends (deep-merged: mappings merge, everything else is replaced);
 * ``description``: one line for ``tresnet-ft recipes``;
-* ``reference``: the published result it is measured against, and what it is expected to reach.
+* ``reference``: the published result it is measured against, and what it is expected to reach;
+* ``hub``: where the same data is on the Hugging Face hub (``root`` and ``dataset_options`` for
+  ``--data.dataset hf``), for ``tresnet-ft recipes``; inherited like the config.
 
 ``trainer.precision: auto`` is ours, not Lightning's: :func:`resolve_trainer_settings` turns it
 into the best precision for the machine before the Trainer is built.
@@ -26,7 +28,7 @@ import yaml
 from ..errors import InvalidValueError, MissingInputError
 
 RECIPE_DIR = Path(__file__).parent.parent / "recipes"
-META_KEYS = ("base", "description", "reference")
+META_KEYS = ("base", "description", "reference", "hub")
 # PyYAML's words for a tag its safe loader has no constructor for (``!!python/...``, ``!custom``).
 _UNKNOWN_TAG = re.compile(r"could not determine a constructor for the tag '(tag:yaml\.org,2002:)?([^']*)'")
 
@@ -37,6 +39,7 @@ class Recipe:
     description: str
     reference: str
     config: dict[str, Any]  # the merged LightningCLI config, metadata removed
+    hub: Optional[dict[str, Any]] = None  # the recipe's data from the Hugging Face hub: root, dataset_options
 
 
 def available_recipes() -> list[str]:
@@ -117,13 +120,16 @@ def load_recipe(name_or_path: str, _seen: tuple[str, ...] = ()) -> Recipe:
         raise InvalidValueError(f"Recipe {path} extends itself through {list(_seen)}.")
     raw = _read_yaml(path)
     config = {k: v for k, v in raw.items() if k not in META_KEYS}
+    hub = raw["hub"] if isinstance(raw.get("hub"), dict) else None
     if raw.get("base"):
         base_ref = raw["base"]
         if str(base_ref).endswith((".yaml", ".yml")) and not Path(base_ref).is_absolute():
             base_ref = str(path.parent / base_ref)
-        config = deep_merge(load_recipe(base_ref, _seen + (str(path),)).config, config)
+        base = load_recipe(base_ref, _seen + (str(path),))
+        config, hub = deep_merge(base.config, config), hub or base.hub
     return Recipe(name=path.stem, description=str(raw.get("description", "")),
-                  reference=str(raw.get("reference", "")), config=config)
+                  reference=str(raw.get("reference", "")), config=config,
+                  hub=hub)
 
 
 def write_merged(recipe: Recipe, folder: Path) -> Path:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -60,9 +61,23 @@ def _cmd_recipes(_: argparse.Namespace) -> int:
     from .recipe import available_recipes, load_recipe
 
     recipes = [load_recipe(name) for name in available_recipes()]
-    print_listing("Recipes (tresnet-ft fit --recipe NAME)", ("recipe", "description", "reference result"),
-                  [(recipe.name, recipe.description, recipe.reference) for recipe in recipes], copyable=1)
+    print_listing("Recipes (tresnet-ft fit --recipe NAME; add the last column to read the data from the Hugging "
+                  "Face hub, with pip install \"tresnet-ft[datasets]\": docs/RECIPES.md)",
+                  ("recipe", "description", "reference result", HUB_COLUMN),
+                  [(recipe.name, recipe.description, recipe.reference, hub_data_args(recipe.hub) if recipe.hub else "-")
+                   for recipe in recipes], copyable=1)
     return 0
+
+
+HUB_COLUMN = "data from the Hugging Face hub"
+
+
+def hub_data_args(hub: dict) -> str:
+    """The ``--data.*`` arguments that read a recipe's data from its hub copy, quoted for a shell."""
+    args = f"--data.dataset hf --data.root {hub['root']}"
+    if hub.get("dataset_options"):
+        args += f" --data.dataset_options '{json.dumps(hub['dataset_options'])}'"
+    return args
 
 
 def _cmd_models(_: argparse.Namespace) -> int:
@@ -153,15 +168,60 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     # predict_to_file logs what it wrote and which files it skipped
     predict_to_file(args.checkpoint, args.paths, Path(args.output), top_k=args.top_k,
-                    threshold=args.threshold, batch_size=args.batch_size)
+                    threshold=args.threshold, batch_size=args.batch_size, runtime=args.runtime)
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..inference.export import export_model
 
-    export_model(args.checkpoint, args.format, Path(args.output))  # logs what it wrote and the check
+    if args.format == "hf":
+        return _cmd_export_hub_folder(args)
+    if not args.int8:
+        export_model(args.checkpoint, args.format, Path(args.output))  # logs what it wrote and the check
+        return 0
+    from ..inference.quantize import parse_calibration, quantize_model
+
+    if args.format != "onnx":
+        raise InvalidValueError(f"--int8 quantises an ONNX export, but --format {args.format} was given. "
+                                "Fix: --format onnx --int8.")
+    quantize_model(args.checkpoint, Path(args.output), calibration=parse_calibration(args.calibration),
+                   max_drop=args.max_drop, data_root=args.data_root)  # logs both metrics and what it wrote
     return 0
+
+
+def _cmd_export_hub_folder(args: argparse.Namespace) -> int:
+    from ..inference.hub_export import export_hub_folder
+
+    if args.int8:
+        raise InvalidValueError("--int8 quantises an ONNX export, but --format hf writes the PyTorch weights in "
+                                "timm's hub layout. Fix: --format onnx --int8, or drop --int8.")
+    export_hub_folder(args.checkpoint, Path(args.output))  # logs what it wrote and how to load it
+    return 0
+
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    export = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or timm's hub layout, verified")
+    export.add_argument("checkpoint", help="a checkpoint written by tresnet-ft fit")
+    export.add_argument("--format", choices=("onnx", "torchscript", "hf"), default="onnx",
+                        help="onnx or torchscript: one model file plus a JSON sidecar; hf: a folder in timm's "
+                        "Hugging Face hub layout (config.json, model.safetensors, model card), loadable with "
+                        "timm.create_model('local-dir:DIR') and uploadable with tresnet-ft push "
+                        "(default: %(default)s)")
+    export.add_argument("-o", "--output", required=True, help="output file (model.onnx, model.pt) or, for hf, a folder")
+    export.add_argument("--int8", action="store_true",
+                        help="static int8 quantisation (ONNX Runtime, QDQ, per-channel weights), kept only if its "
+                        "validation top-1 (or mAP) is within --max-drop of the fp32 model's")
+    export.add_argument("--calibration", default="256", metavar="N|FOLDER",
+                        help="--int8: calibrate on N training images of the checkpoint's dataset, or on the "
+                        "images in FOLDER (default: %(default)s)")
+    export.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                        help="--int8: the largest drop in validation top-1 (or mAP), in points, that is accepted "
+                        "(default: %(default)s)")
+    export.add_argument("--data-root", default=None, metavar="PATH",
+                        help="--int8: the checkpoint's dataset (its folder or CSV/JSONL, or the data root of a "
+                        "named dataset; default: $TRESNET_FT_DATA for named datasets)")
+    export.set_defaults(run=_cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,21 +238,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("recipes", help="list the recipes with their reference results").set_defaults(run=_cmd_recipes)
     sub.add_parser("models", help="list the published pretrained weights").set_defaults(run=_cmd_models)
 
-    predict = sub.add_parser("predict", help="classify or tag images with a trained checkpoint")
-    predict.add_argument("checkpoint", help="a checkpoint written by tresnet-ft fit (e.g. runs/NAME/.../best.ckpt)")
+    predict = sub.add_parser("predict", help="classify or tag images with a trained checkpoint or ONNX export")
+    predict.add_argument("checkpoint", help="a checkpoint written by tresnet-ft fit (e.g. runs/NAME/.../best.ckpt), "
+                         "or an .onnx written by tresnet-ft export (its .onnx.json sidecar next to it)")
     predict.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or a CSV/JSONL")
     predict.add_argument("-o", "--output", default="predictions.csv", help="output .csv or .jsonl (default: %(default)s)")
     predict.add_argument("--top-k", type=int, default=5, help="single-label: labels per image (default: %(default)s)")
     predict.add_argument("--threshold", type=float, default=None,
                          help="multi-label: one threshold for all tags (default: the tuned per-class ones)")
     predict.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
+    predict.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
+                         help="torch: the fused PyTorch model (CPU or GPU); onnxruntime: ONNX Runtime on the CPU "
+                         "(a checkpoint is exported once and cached); auto: onnxruntime for an .onnx, else torch "
+                         "(default: %(default)s)")
     predict.set_defaults(run=_cmd_predict)
 
-    export = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript, verified")
-    export.add_argument("checkpoint", help="a checkpoint written by tresnet-ft fit")
-    export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="(default: %(default)s)")
-    export.add_argument("-o", "--output", required=True, help="output file, e.g. model.onnx")
-    export.set_defaults(run=_cmd_export)
+    _add_export_parser(sub)
+
+    from .hub_commands import add_push_parser
+    from .serve_command import add_serve_parser
+
+    add_push_parser(sub)
+    add_serve_parser(sub)
 
     smoke = sub.add_parser("smoke", help="offline check that the model trains and fuses on this machine")
     smoke.add_argument("--arch", choices=sorted(ARCHS), default="tresnet_m", help="variant (default: %(default)s)")

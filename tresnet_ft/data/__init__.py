@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import DatasetInfo, ImageFileDataset, InMemoryImageDataset
+from .base import DatasetInfo, DecodedImageDataset, ImageFileDataset, InMemoryImageDataset
 from ..fetch.download import DatasetNotFoundError, default_data_root
+from .hf import HFImageDataset
 from .images import UnreadableImageError, decode_image, read_image
 from .mixing import BatchMixer
 from .quickstart import QuickstartDataset
@@ -35,7 +36,9 @@ __all__ = [
     "BatchMixer",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "DecodedImageDataset",
     "EvalPreprocessing",
+    "HFImageDataset",
     "ImageDataModule",
     "ImageFileDataset",
     "InMemoryImageDataset",

@@ -124,14 +124,16 @@ class InMemoryImageDataset(LabelledDataset):
         )
 
 
-class ImageFileDataset(LabelledDataset):
-    """Images decoded from files on each access.
+class DecodedImageDataset(LabelledDataset):
+    """Images decoded on each access, from wherever a subclass keeps them (files, Arrow tables).
+
+    Owns what happens when an image cannot be decoded: the item is replaced by the next readable
+    one and recorded once in ``self.unreadable``, and too large a share stops the epoch. Subclasses
+    give :meth:`_decode` (the image of an item), :meth:`_name` (how an item is named in reports)
+    and :meth:`_location` (where the images are, for messages).
 
     Args:
-        paths: one image file per item.
-        targets: ``[N]`` class indices or ``[N, K]`` multi-hot.
-        classes: class names in label order.
-        task: ``"single_label"`` or ``"multi_label"``.
+        targets, classes, task: as for :class:`LabelledDataset`.
         min_decode_size: let JPEGs decode at reduced scale while both sides stay at least this
             (set by the DataModule to the training resolution; None decodes full size).
         skip_unreadable: replace an image that fails to decode by the next readable item and
@@ -145,7 +147,6 @@ class ImageFileDataset(LabelledDataset):
 
     def __init__(
         self,
-        paths: Sequence[str | os.PathLike],
         targets: np.ndarray,
         classes: Sequence[str],
         task: Task = "single_label",
@@ -155,26 +156,34 @@ class ImageFileDataset(LabelledDataset):
         max_unreadable_share: float | None = None,
     ) -> None:
         super().__init__(targets, classes, task)
-        if len(paths) != len(self.targets):
-            raise InvalidValueError(
-                f"Expected one target per path, but got {len(paths)} paths and {len(self.targets)} targets."
-            )
-        self.paths = [str(path) for path in paths]
         self.min_decode_size = min_decode_size
         self.skip_unreadable = skip_unreadable
         self.limits = limits or ImageLimits.resolve()
         self.max_unreadable_share = resolve_max_unreadable_share(max_unreadable_share)
         self.unreadable = UnreadableLog()
         # Per process (each DataLoader worker has its own copy): the items asked for, how many of
-        # them were unreadable, and every file found unreadable with its reason, so that a bad
-        # file is decoded once, however many items scan past it for a substitute.
+        # them were unreadable, and every item found unreadable with its reason, so that a bad
+        # image is decoded once, however many items scan past it for a substitute.
         self._asked, self._asked_unreadable = 0, 0
         self._bad: dict[int, str] = {}
 
+    def _decode(self, item: int) -> np.ndarray:
+        """The RGB ``uint8 [H, W, 3]`` image of ``item``; raises :class:`UnreadableImageError`."""
+        raise NotImplementedError
+
+    def _name(self, item: int) -> str:
+        """How reports name ``item`` (its path, or where it sits in a table)."""
+        raise NotImplementedError
+
+    def _location(self) -> str:
+        """Where the images are (a folder, a dataset), for messages."""
+        raise NotImplementedError
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, Target]:
         self._asked += 1
-        for offset in range(len(self.paths)):
-            item = (index + offset) % len(self.paths)
+        count = len(self)
+        for offset in range(count):
+            item = (index + offset) % count
             image = self._read(item)
             if offset == 0:  # the share counts the items asked for, not the substitutes tried
                 self._asked_unreadable += image is None
@@ -188,7 +197,7 @@ class ImageFileDataset(LabelledDataset):
         if item in self._bad:
             return None
         try:
-            return read_image(self.paths[item], self.min_decode_size, self.limits)
+            return self._decode(item)
         except UnreadableImageError as error:
             if not self.skip_unreadable:
                 raise
@@ -197,15 +206,55 @@ class ImageFileDataset(LabelledDataset):
             return None
 
     def _check_unreadable_share(self) -> None:
-        judged = self._asked >= min(SHARE_SAMPLE, len(self.paths))
+        judged = self._asked >= min(SHARE_SAMPLE, len(self))
         if judged and self._asked_unreadable > self.max_unreadable_share * self._asked:
             raise self._share_error()
 
     def _share_error(self, every_file: bool = False) -> Exception:
-        examples = [(self.paths[item], reason) for item, reason in self._bad.items()]
-        bad, asked = (len(self.paths),) * 2 if every_file else (self._asked_unreadable, self._asked)
-        return too_many_unreadable(bad, asked, self.max_unreadable_share, dataset_folder(self.paths), examples,
+        examples = [(self._name(item), reason) for item, reason in self._bad.items()]
+        bad, asked = (len(self),) * 2 if every_file else (self._asked_unreadable, self._asked)
+        return too_many_unreadable(bad, asked, self.max_unreadable_share, self._location(), examples,
                                    every_file)
+
+
+class ImageFileDataset(DecodedImageDataset):
+    """Images decoded from files on each access.
+
+    Args:
+        paths: one image file per item.
+        targets: ``[N]`` class indices or ``[N, K]`` multi-hot.
+        classes: class names in label order.
+        task: ``"single_label"`` or ``"multi_label"``.
+        min_decode_size, skip_unreadable, limits, max_unreadable_share: see
+            :class:`DecodedImageDataset`.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        targets: np.ndarray,
+        classes: Sequence[str],
+        task: Task = "single_label",
+        min_decode_size: int | None = None,
+        skip_unreadable: bool = True,
+        limits: ImageLimits | None = None,
+        max_unreadable_share: float | None = None,
+    ) -> None:
+        super().__init__(targets, classes, task, min_decode_size, skip_unreadable, limits, max_unreadable_share)
+        if len(paths) != len(self.targets):
+            raise InvalidValueError(
+                f"Expected one target per path, but got {len(paths)} paths and {len(self.targets)} targets."
+            )
+        self.paths = [str(path) for path in paths]
+
+    def _decode(self, item: int) -> np.ndarray:
+        return read_image(self.paths[item], self.min_decode_size, self.limits)
+
+    def _name(self, item: int) -> str:
+        return self.paths[item]
+
+    def _location(self) -> str:
+        return dataset_folder(self.paths)
 
     def select(self, indices: np.ndarray) -> ImageFileDataset:
         """A new dataset holding only ``indices`` (class list and options are kept)."""

@@ -19,9 +19,9 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .base import DatasetInfo, ImageFileDataset, Task, check_split
+from .base import DatasetInfo, DecodedImageDataset, Task, check_split
 from .mixing import BatchMixer
-from .registry import check_options, describe_dataset, get_entry, resolve_root
+from .registry import check_options, describe_dataset, get_entry, prepare_dataset, resolve_root
 from .preprocessing import EvalCrop, EvalPreprocessing
 from .transforms import TrainCrop, TransformConfig, build_transforms
 from .images import ImageLimits
@@ -70,15 +70,17 @@ class ImageDataModule(pl.LightningDataModule):
 
     Args:
         dataset: a registered name (``cifar10``, ``cifar100``, ``flowers102``, ``stanford_cars``,
-            ``folder``, ``csv``, ``jsonl``, ``quickstart``, ``quickstart_multilabel``).
+            ``folder``, ``csv``, ``jsonl``, ``hf``, ``quickstart``, ``quickstart_multilabel``).
         root: data root for named datasets (default ``$TRESNET_FT_DATA`` or
-            ``~/.cache/tresnet-ft/datasets``); your folder or CSV/JSONL file for the others.
+            ``~/.cache/tresnet-ft/datasets``); your folder or CSV/JSONL file for the others; for
+            ``hf`` a hub id, a save_to_disk folder, Parquet/Arrow file(s) or an imagefolder.
         image_size: training and evaluation resolution ``S`` (a multiple of 32).
         batch_size: images per batch.
         num_workers: loader processes per training process; None divides this machine's cores
             among its training processes (one per device), minus one each for the training
             loop, 1..8 each (:func:`~tresnet_ft.data.workers.workers_per_process`).
-        dataset_options: passed to the dataset loader (e.g. ``{"num_images": 200}``).
+        dataset_options: passed to the dataset loader (e.g. ``{"num_images": 200}``; for ``hf``
+            ``{"image_column": "img", "label_column": "fine_label", "val_split": "test"}``).
         val_fraction: holdout share for ``val`` where the dataset supports one; None keeps the
             dataset's default (CIFAR/Cars: the official test set; folder/CSV: 0.1).
         seed: holdout seed.
@@ -212,8 +214,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download/extract on one process (Lightning calls this on rank 0 only)."""
-        entry = get_entry(self.dataset_name)
-        entry.prepare(resolve_root(self.dataset_name, self.root), self.download, True)
+        prepare_dataset(self.dataset_name, self.root, self.download, True, **self.options)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the splits ``stage`` needs and attach the transforms."""
@@ -296,7 +297,7 @@ class ImageDataModule(pl.LightningDataModule):
                 f"{self.dataset_name}/{split} has no readable image under {self.root}, so there is nothing to "
                 f"{'train on' if split == 'train' else 'evaluate'}. Fix: add readable images to that split "
                 "(the unreadable ones are listed above), or give a larger val_fraction.")
-        if isinstance(dataset, ImageFileDataset):
+        if isinstance(dataset, DecodedImageDataset):  # image files and Hugging Face tables
             # Decode JPEGs at reduced scale as long as they stay at least as large as the output.
             dataset.min_decode_size = self._min_decode_size(split)
             dataset.limits, dataset.max_unreadable_share = self.image_limits, self.max_unreadable_share

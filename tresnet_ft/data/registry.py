@@ -9,7 +9,7 @@ Every entry has three functions with one calling convention:
 * ``load(root, split, **options)``: the map-style dataset for one split.
 
 For named datasets ``root`` is the data root that holds their folders; for ``folder``, ``csv``
-and ``jsonl`` it is the user's folder or file itself.
+and ``jsonl`` it is the user's folder or file itself; for ``hf`` also a hub id (``ORG/NAME``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from . import cars, cifar, flowers, folder, quickstart, tabular
+from . import cars, cifar, flowers, folder, hf, quickstart, tabular
 from .base import DatasetInfo, check_split
 from ..fetch.download import DatasetNotFoundError, MissingInput, default_data_root
 from ..errors import InvalidValueError
@@ -38,6 +38,10 @@ class DatasetEntry:
     load: Callable[..., Dataset]
     root_is_data: bool  # True: root is the user's own folder/file, so it must be given
     summary: str
+    # What of root is not on this machine, for sources that are not plain paths (hub ids); None:
+    # root_is_data entries need root to exist, the others ask prepare().
+    # (Both may take dataset options by keyword, e.g. hf's cache_dir: only those they name are given.)
+    missing: Callable[..., MissingInput | None] | None = None
 
 
 def _cifar_entry(spec: cifar.CifarSpec, summary: str) -> DatasetEntry:
@@ -84,6 +88,14 @@ DATASETS: dict[str, DatasetEntry] = {
         True,
         "a JSON-lines file of image paths and tags (single- or multi-label)",
     ),
+    "hf": DatasetEntry(
+        hf.prepare_hf,
+        hf.describe_hf,
+        hf.load_hf,
+        True,
+        "a Hugging Face dataset: hub id (local cache), save_to_disk folder, Parquet/Arrow files, imagefolder",
+        hf.missing_hf,
+    ),
     "quickstart": DatasetEntry(
         quickstart.prepare_quickstart,
         quickstart.describe_quickstart,
@@ -119,7 +131,8 @@ def resolve_root(name: str, root: str | Path | None) -> Path:
     return default_data_root()
 
 
-def missing_dataset(name: str, root: str | Path | None, download: bool) -> MissingInput | None:
+def missing_dataset(name: str, root: str | Path | None, download: bool,
+                    options: dict[str, Any] | None = None) -> MissingInput | None:
     """What of dataset ``name`` is not on disk yet, with how to get it; None when nothing is.
 
     Touches no network: published files count as missing here, with the URL they would be
@@ -128,6 +141,8 @@ def missing_dataset(name: str, root: str | Path | None, download: bool) -> Missi
     """
     entry = get_entry(name)
     folder = resolve_root(name, root)
+    if entry.missing is not None:
+        return entry.missing(folder, download, **_accepted(entry.missing, options or {}))
     if entry.root_is_data:
         return None if folder.exists() else MissingInput(
             f"Data {folder} does not exist.", "Fix: set data.root to your image folder or CSV/JSONL file.")
@@ -149,13 +164,24 @@ def check_options(name: str, function: Callable[..., Any], options: dict[str, An
         raise InvalidValueError(f"Dataset {name!r} does not take options {unknown}; it takes {accepted}.")
 
 
+def _accepted(function: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The ``options`` that ``function`` takes by name."""
+    parameters = inspect.signature(function).parameters
+    return {k: v for k, v in options.items() if k in parameters and k not in ("root", "split")}
+
+
 def describe_dataset(name: str, root: str | Path | None = None, **options: Any) -> DatasetInfo:
     """Task and class names of a dataset without loading images (``options`` as for loading)."""
     entry = get_entry(name)
-    relevant = {
-        k: v for k, v in options.items() if k in inspect.signature(entry.describe).parameters
-    }
-    return entry.describe(resolve_root(name, root), **relevant)
+    return entry.describe(resolve_root(name, root), **_accepted(entry.describe, options))
+
+
+def prepare_dataset(name: str, root: str | Path | None, download: bool, progress: bool = True,
+                    **options: Any) -> None:
+    """Put dataset ``name`` in place (download, extract) or check it is there; ``options`` as for
+    loading (only those its prepare step names are used, e.g. hf's ``cache_dir``)."""
+    entry = get_entry(name)
+    entry.prepare(resolve_root(name, root), download, progress, **_accepted(entry.prepare, options))
 
 
 def load_dataset(
@@ -170,7 +196,7 @@ def load_dataset(
 
     Args:
         name: a key of :data:`DATASETS` (``cifar10``, ``cifar100``, ``flowers102``,
-            ``stanford_cars``, ``folder``, ``csv``, ``jsonl``, ``quickstart``,
+            ``stanford_cars``, ``folder``, ``csv``, ``jsonl``, ``hf``, ``quickstart``,
             ``quickstart_multilabel``).
         root: data root for named datasets (default ``$TRESNET_FT_DATA`` or
             ``~/.cache/tresnet-ft/datasets``); the folder or file itself for ``folder``/``csv``/``jsonl``.
@@ -191,6 +217,5 @@ def load_dataset(
     entry = get_entry(name)
     check_split(split)
     check_options(name, entry.load, options)
-    folder = resolve_root(name, root)
-    entry.prepare(folder, download, progress)
-    return entry.load(folder, split, **options)
+    prepare_dataset(name, root, download, progress, **options)
+    return entry.load(resolve_root(name, root), split, **options)

@@ -7,24 +7,30 @@ import torch
 
 from ..classifier.checkpoint import LoadedClassifier, load_classifier
 from ..models.fuse import fuse_for_inference
+from ..models.hub_folder import is_hub_source
 from ..errors import MissingInputError
 
 
 def open_checkpoint(checkpoint: str | Path) -> LoadedClassifier:
     """:func:`load_classifier` on the CPU, with a missing file reported in inference terms.
 
+    ``checkpoint`` is a ``.ckpt`` file, or a folder in timm's hub layout (``DIR``,
+    ``local-dir:DIR``, ``hf-hub:ORG/NAME``) as ``tresnet-ft export --format hf`` writes it.
+
     Raises:
         FileNotFoundError: ``checkpoint`` does not exist.
         UnsafeCheckpointError: the file needs arbitrary unpickling (a ``ValueError``).
         ValueError: the file is not a tresnet-ft classifier checkpoint.
     """
+    if is_hub_source(checkpoint):
+        return load_classifier(checkpoint, device="cpu")
     path = Path(checkpoint)
     if not path.is_file():
         # load_classifier's own message suggests published tags, which make no sense here.
-        where = "it is a folder" if path.is_dir() else "no such file"
         raise MissingInputError(
-            f"Expected a tresnet-ft checkpoint file at {path}, but {where}. Fix: pass the .ckpt "
-            "written by `tresnet-ft fit` (e.g. runs/<name>/checkpoints/best.ckpt).")
+            f"Expected a tresnet-ft checkpoint file at {path}, but there is no such file. Fix: pass the .ckpt "
+            "written by `tresnet-ft fit` (e.g. runs/<name>/checkpoints/best.ckpt), or a folder written by "
+            "`tresnet-ft export --format hf`.")
     return load_classifier(path, device="cpu")
 
 

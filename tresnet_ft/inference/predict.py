@@ -1,9 +1,11 @@
 """Predict with a trained classifier on any number of images, streaming rows to a CSV or JSONL file.
 
-Plain PyTorch (no Lightning), so it runs wherever the checkpoint can be read. Memory is flat in the
-number of images: paths are listed up front, then images are decoded a batch at a time by loader
-workers and each batch's rows are written before the next batch is taken. The model is the
-norm-folded copy (:func:`tresnet_ft.fuse_for_inference`) under ``torch.inference_mode()``.
+No Lightning, so it runs wherever the checkpoint can be read. Memory is flat in the number of
+images: paths are listed up front, then images are decoded a batch at a time by loader workers and
+each batch's rows are written before the next batch is taken. The classifier runs in a
+:class:`~tresnet_ft.inference.runtime.Runtime`: the norm-folded PyTorch model
+(:func:`tresnet_ft.fuse_for_inference`) or an ONNX export in ONNX Runtime (``runtime=``); both take
+the same ``uint8`` batches and give the same rows.
 
 Example:
     >>> summary = predict_to_file("runs/flowers/checkpoints/best.ckpt", ["photos/"],
@@ -22,13 +24,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..classifier.checkpoint import LoadedClassifier
 from ..data.unreadable import describe_paths
 from .inputs import list_image_paths
 from ..data.workers import default_num_workers
-from .loading import load_fused_classifier
 from .rows import EXAMPLE_OUTPUT, OUTPUT_SUFFIXES, PredictionWriter, thresholded_rows, top_k_rows
-from .stream import FloatInput, ImageBatchStream, make_batch_loader
+from .runtime import RUNTIMES, Runtime, open_runtime
+from .stream import ImageBatchStream, make_batch_loader
 from ..errors import InvalidValueError
 from ..outputs import check_output
 
@@ -73,11 +74,12 @@ class PredictSummary:
 def predict_to_file(checkpoint: str | Path, inputs: Sequence[str | Path], output: Path,
                     top_k: int = 5, threshold: float | None = None, batch_size: int = 32,
                     num_workers: int | None = None, device: str | torch.device | None = None,
-                    progress: bool = True) -> PredictSummary:
+                    progress: bool = True, runtime: str = "auto") -> PredictSummary:
     """Predict every image named by ``inputs`` and write one row per readable image to ``output``.
 
     Args:
-        checkpoint: a tresnet-ft classifier checkpoint (``tresnet-ft fit`` or ``write_classifier``).
+        checkpoint: a tresnet-ft classifier checkpoint (``tresnet-ft fit`` or ``write_classifier``),
+            or an ``.onnx`` written by ``tresnet-ft export`` with its sidecar ``.onnx.json``.
         inputs: image files, folders (searched recursively, hidden files skipped, sorted) and
             CSV/JSONL tables with an ``image`` column (paths relative to the table's folder).
         output: ``.csv`` or ``.jsonl``; the columns are described in :mod:`tresnet_ft.inference.rows`.
@@ -89,59 +91,58 @@ def predict_to_file(checkpoint: str | Path, inputs: Sequence[str | Path], output
             in this process.
         device: where the model runs; None picks CUDA when available, else the CPU.
         progress: show a tqdm progress bar (images).
+        runtime: ``"torch"``, ``"onnxruntime"`` (CPU; a checkpoint is exported once and cached) or
+            ``"auto"`` (:func:`~tresnet_ft.inference.runtime.open_runtime` says which it picks).
 
     Returns:
         A :class:`PredictSummary`. Files that cannot be decoded are listed there (and logged once
         with their count and the first few), never fatal.
 
     Raises:
-        ValueError: bad ``output`` suffix, ``top_k``, ``threshold`` or ``batch_size``; an ``output`` that
+        ValueError: bad ``output`` suffix, ``top_k``, ``threshold``, ``batch_size`` or ``runtime``; an ``output`` that
             is a folder, a device, a FIFO or a socket, or one of the files read (an input table, an
             image, the checkpoint); not a tresnet-ft checkpoint (or an unsafe pickle); a table
-            without an ``image`` column; no images found.
-        FileNotFoundError: the checkpoint or an input does not exist.
+            without an ``image`` column; no images found; an ``.onnx`` that ONNX Runtime cannot load,
+            or whose sidecar is not a tresnet-ft sidecar.
+        FileNotFoundError: the checkpoint or an input does not exist; an ``.onnx`` has no sidecar.
         DiskFullError: the disk filled up while writing ``output`` (an old ``output`` is kept as it was).
 
     ``output`` is replaced only when every row is written (see :class:`PredictionWriter`): an error
     or a killed run leaves the previous file (or none), never a short one that looks complete.
     """
     output = Path(output)
-    _check_options(output, top_k, threshold, batch_size)
+    _check_options(output, top_k, threshold, batch_size, runtime)
     paths = list_image_paths(inputs)  # before the model loads: input mistakes fail fast
     # Every file read is stat'ed only when the output exists (a rerun): none can be it otherwise.
     check_output(output, [checkpoint, *inputs, *paths], example_name=EXAMPLE_OUTPUT)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    classifier = load_fused_classifier(checkpoint, device)
-    _check_threshold_fits_task(threshold, classifier.info.task, checkpoint)
-    summary = PredictSummary(output, classifier.info.task, num_images=len(paths))
+    model = open_runtime(checkpoint, runtime, device, max_batch_size=batch_size)
+    _check_threshold_fits_task(threshold, model.info.task, checkpoint)
+    summary = PredictSummary(output, model.info.task, num_images=len(paths))
     workers = default_num_workers() if num_workers is None else num_workers
-    log.info("Predicting %d image(s) with %s on %s (%d loader worker(s)) into %s",
-             len(paths), Path(checkpoint).name, device, workers, output)
+    log.info("Predicting %d image(s) with %s in %s on %s (%d loader worker(s)) into %s",
+             len(paths), Path(checkpoint).name, model.name, model.device, workers, output)
     started = time.perf_counter()
-    _run(classifier, paths, summary, min(top_k, classifier.info.num_classes), threshold, batch_size,
-         workers, device, progress)
+    _run(model, paths, summary, min(top_k, model.info.num_classes), threshold, batch_size, workers, progress)
     summary.seconds = time.perf_counter() - started
     _report_unreadable(summary)
     return summary
 
 
-def _run(classifier: LoadedClassifier, paths: list[str], summary: PredictSummary, top_k: int,
-         threshold: float | None, batch_size: int, workers: int, device: torch.device,
-         progress: bool) -> None:
-    info = classifier.info
+def _run(model: Runtime, paths: list[str], summary: PredictSummary, top_k: int, threshold: float | None,
+         batch_size: int, workers: int, progress: bool) -> None:
+    info = model.info
     stream = ImageBatchStream(paths, info.eval_transform(output="uint8"), info.image_size, batch_size,
                               info.preprocessing.decode_size)
-    loader = make_batch_loader(stream, workers, pin_memory=device.type == "cuda")
+    loader = make_batch_loader(stream, workers, pin_memory=model.device.type == "cuda")
     thresholds = info.decision_thresholds(threshold)
-    to_float = FloatInput(batch_size, info.preprocessing, device)
     bar = tqdm(total=len(paths), unit="img", desc="predict", disable=not progress)
     with torch.inference_mode(), PredictionWriter(summary.output, info.task, top_k) as writer, bar:
         for batch in loader:
             # The loader turns tuples into lists on the way; keep (path, reason) pairs.
             summary.unreadable.extend(tuple(entry) for entry in batch["unreadable"])
             if batch["paths"]:
-                # uint8 through the loader and onto the device, scaled there (4x fewer bytes to move)
-                logits = classifier.model(to_float(batch["images"])).cpu()
+                # uint8 through the loader and into the runtime, scaled there (4x fewer bytes to move)
+                logits = model.logits(batch["images"])
                 if info.task == "multi_label":
                     rows = thresholded_rows(batch["paths"], logits, info.classes, thresholds)
                 else:
@@ -151,7 +152,7 @@ def _run(classifier: LoadedClassifier, paths: list[str], summary: PredictSummary
             bar.update(len(batch["paths"]) + len(batch["unreadable"]))
 
 
-def _check_options(output: Path, top_k: int, threshold: float | None, batch_size: int) -> None:
+def _check_options(output: Path, top_k: int, threshold: float | None, batch_size: int, runtime: str) -> None:
     check_output(output, example_name=EXAMPLE_OUTPUT)  # a folder is named as one, before its suffix
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise InvalidValueError(f"Expected the output file to end in {' or '.join(OUTPUT_SUFFIXES)}, but got "
@@ -163,6 +164,9 @@ def _check_options(output: Path, top_k: int, threshold: float | None, batch_size
                          f"scores), but got {threshold}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidValueError(f"Expected batch_size to be an integer of at least 1, but got {batch_size!r}.")
+    if runtime not in RUNTIMES:
+        raise InvalidValueError(f"Expected runtime to be one of {list(RUNTIMES)}, but got {runtime!r}. "
+                                "Fix: --runtime auto, torch or onnxruntime.")
 
 
 def _check_threshold_fits_task(threshold: float | None, task: str, checkpoint: str | Path) -> None:

@@ -6,6 +6,7 @@ thresholds. Only plain JSON values (lists, numbers, strings).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable
@@ -17,9 +18,14 @@ import torch
 
 from ..version import __version__
 from ..classifier.checkpoint import ClassifierInfo
+from ..data.preprocessing import EvalPreprocessing, short_repr
+from ..errors import InvalidValueError, MissingInputError
 from ..outputs import atomic_output, check_output
+from .exportable import INPUT_DTYPES
 
 SIDECAR_SUFFIX = ".json"
+# Far above any real sidecar (11,221 classes with thresholds: ~0.5 MB); a larger file is not ours.
+MAX_SIDECAR_BYTES = 16 * 2**20
 
 
 def sidecar_path(model_path: Path) -> Path:
@@ -67,6 +73,57 @@ def write_sidecar(model_path: Path, metadata: dict[str, Any], inputs: Iterable[s
     with atomic_output(path, inputs, fix=_sidecar_fix(model_path)) as partial:
         partial.write_text(text, encoding="utf-8")
     return path
+
+
+def read_sidecar(model_path: Path) -> tuple[ClassifierInfo, dict[str, Any]]:
+    """Read ``<model_path>.json`` back: the :class:`ClassifierInfo` it describes and the whole JSON.
+
+    The file comes from wherever the model came from, so it is read as untrusted JSON: bounded in
+    size, every value checked by :meth:`ClassifierInfo.from_dict` (classes, task, preprocessing,
+    thresholds), the input dtype one of :data:`INPUT_DTYPES`.
+
+    Raises:
+        MissingInputError: there is no sidecar next to the model.
+        InvalidValueError: the sidecar is not JSON, too large, or describes no usable classifier.
+    """
+    model_path = Path(model_path)
+    path = sidecar_path(model_path)
+    if not path.is_file():
+        raise MissingInputError(
+            f"Expected {path.name} next to {model_path} (the sidecar `tresnet-ft export` writes: classes, "
+            "preprocessing, thresholds), but there is none. Fix: export with `tresnet-ft export CKPT -o "
+            f"{model_path.name}`, which writes both, or copy the sidecar along with the model.")
+    try:
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            raise InvalidValueError(f"it is {path.stat().st_size} bytes, more than a sidecar can be "
+                                    f"({MAX_SIDECAR_BYTES})")
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+        return _sidecar_info(metadata), metadata
+    except (UnicodeDecodeError, json.JSONDecodeError, InvalidValueError, RecursionError) as err:
+        raise InvalidValueError(f"Cannot use {path}: {err}. Fix: export the model again with "
+                                "`tresnet-ft export`, which writes a matching sidecar.") from None
+
+
+def _sidecar_info(metadata: Any) -> ClassifierInfo:
+    """The classifier a parsed sidecar describes (each value checked)."""
+    if not isinstance(metadata, dict):
+        raise InvalidValueError(f"expected a JSON object, but got {type(metadata).__name__}")
+    given_input = metadata.get("input")
+    dtype = given_input.get("dtype") if isinstance(given_input, dict) else None
+    if metadata.get("format") != "onnx" or dtype not in INPUT_DTYPES:
+        raise InvalidValueError(f"expected format 'onnx' and an input dtype in {list(INPUT_DTYPES)}, but got "
+                                f"{short_repr(metadata.get('format'))} and {short_repr(dtype)}")
+    given = metadata.get("preprocessing")
+    names = {field.name for field in dataclasses.fields(EvalPreprocessing)}
+    preprocessing = ({key: value for key, value in given.items() if key in names} if isinstance(given, dict)
+                     else given)
+    if isinstance(preprocessing, dict):
+        preprocessing["image_size"] = metadata.get("image_size")
+    thresholds = metadata.get("thresholds")
+    values = {"arch": metadata.get("arch"), "classes": metadata.get("classes"), "task": metadata.get("task"),
+              "head": metadata.get("head"), "preprocessing": preprocessing,
+              "thresholds": thresholds.get("tuned") if isinstance(thresholds, dict) else None}
+    return ClassifierInfo.from_dict(values)
 
 
 def _sidecar_fix(model_path: Path) -> str:

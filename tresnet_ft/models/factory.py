@@ -8,6 +8,8 @@ from typing import Any, Optional, Union
 
 import torch
 
+from .hub_folder import HUB_PREFIX, LOCAL_PREFIX, check_head_fits, is_hub_source, read_hub_config, \
+    read_hub_weights, resolve_hub_folder
 from .tresnet import ARCHS, TResNet
 from .weights import (
     PRETRAINED,
@@ -40,6 +42,8 @@ def _resolve_source(arch: str, name_tag: Optional[str], pretrained: Pretrained) 
     if pretrained is True:
         return f"{arch}.{name_tag or default_tag(arch)}"
     source = str(pretrained)
+    if source.startswith((HUB_PREFIX, LOCAL_PREFIX)):  # a folder in timm's hub layout (hub_folder.py)
+        return source
     if f"{arch}.{source}" in PRETRAINED:  # a bare tag
         return f"{arch}.{source}"
     if source in PRETRAINED or "://" in source or Path(source).expanduser().exists():
@@ -85,7 +89,11 @@ def load_pretrained(model: TResNet, source: Union[str, Path]) -> TResNet:
     type) keeps its fresh initialisation, with one log line. Any other missing or unexpected key
     is an error listing them.
     """
-    state = to_timm_keys(_read_fetched(str(source)))
+    return load_state(model, to_timm_keys(_read_fetched(str(source))), source)
+
+
+def load_state(model: TResNet, state: dict[str, torch.Tensor], source: Any) -> TResNet:
+    """Load ``state`` (timm's keys) into ``model`` as :func:`load_pretrained` does; ``source`` names it."""
     own = model.state_dict()
     head_state = {k: v for k, v in state.items() if k.startswith("head.")}
     own_head = {k: v for k, v in own.items() if k.startswith("head.")}
@@ -124,7 +132,9 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained: Pretr
             published tag (``tresnet_m.miil_in21k``), which implies ``pretrained=True``.
         num_classes: outputs of the head; ``None`` keeps the pretrained checkpoint's (or 1000).
         pretrained: ``None``/``False`` (random init), ``True`` (the default tag), a tag, a URL,
-            or a path to ``.safetensors``/``.pth``/``.pt``/``.ckpt``. A URL may end in
+            a path to ``.safetensors``/``.pth``/``.pt``/``.ckpt``, or a folder in timm's hub layout:
+            ``hf-hub:ORG/NAME``, ``local-dir:DIR`` or ``DIR`` (its config decides the head and,
+            unless given, ``num_classes``; ``name`` may be that source itself, as in timm). A URL may end in
             ``#sha256=<64 hex digits>``: the download (and its cached copy) must have that SHA-256.
         head: a head name (``"linear"``, ...); ``head_args`` go to its constructor.
         norm: ``"inplace_abn"`` (default) or ``"bn"``.
@@ -137,6 +147,9 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained: Pretr
         >>> model(torch.rand(2, 3, 224, 224)).shape
         torch.Size([2, 10])
     """
+    if is_hub_source(name) or is_hub_source(pretrained):
+        return _from_hub_folder(name, pretrained, num_classes, head, head_args, norm=norm,
+                                channels_last=channels_last, **kwargs)
     arch = _split_name(name)[0]
     source = pretrained_source(name, pretrained)
     cfg = PRETRAINED.get(source) if source else None
@@ -151,4 +164,32 @@ def create_model(name: str, num_classes: Optional[int] = None, pretrained: Pretr
         load_pretrained(model, source)
         if channels_last:
             model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _from_hub_folder(name: str, pretrained: Pretrained, num_classes: Optional[int], head: str,
+                     head_args: Optional[dict[str, Any]], **kwargs: Any) -> TResNet:
+    """``create_model`` from a folder in timm's hub layout (``models/hub_folder.py``).
+
+    The folder's config gives the architecture, the head (unless ``head``/``head_args`` are set)
+    and the class count (unless ``num_classes`` is); a head that then differs from the folder's is
+    freshly initialised, as with any pretrained weights.
+    """
+    source = str(pretrained if is_hub_source(pretrained) else name)
+    folder = resolve_hub_folder(source)
+    config = read_hub_config(folder)
+    if not is_hub_source(name) and _split_name(name)[0] != config.architecture:
+        raise InvalidValueError(f"Expected {source} to hold a {_split_name(name)[0]}, but its config says "
+                                f"{config.architecture}. Fix: create_model({config.architecture!r}, pretrained=...).")
+    state = read_hub_weights(folder)
+    model = TResNet(ARCHS[config.architecture], 1, **kwargs)  # the body; its size is the architecture's
+    check_head_fits(model.num_features, config.head, config.head_args, config.num_classes, state, folder)
+    if head == "linear" and head_args is None:  # the defaults: the folder's head
+        head, head_args = config.head, config.head_args
+    model.reset_classifier(config.num_classes if num_classes is None else num_classes, head, **(head_args or {}))
+    model.arch = config.architecture
+    model.pretrained_cfg = {**model.pretrained_cfg, **config.pretrained_cfg, "name": source}
+    load_state(model, state, source)
+    if kwargs.get("channels_last", True):
+        model.to(memory_format=torch.channels_last)
     return model

@@ -234,9 +234,12 @@ def missing_weights(source: str) -> Optional[MissingInput]:
     network: a :class:`~tresnet_ft.data.download.MissingInput`, or None when it is on disk.
     Touches no network."""
     from ..fetch.download import MissingInput
+    from .hub_folder import is_hub_source, missing_hub_folder  # late: hub_folder imports this module
 
     if source in PRETRAINED:
         return _missing_hub_weights(source)
+    if is_hub_source(source):
+        return missing_hub_folder(source)
     if "://" in source:
         target = url_cache_path(source)
         return None if target.exists() else MissingInput(
