@@ -2,6 +2,7 @@
 
     python benchmarks/bench_serving.py [--arch tresnet_m] [--size 224] [--requests 24]
                                        [--max-batch-size 8] [--batch-timeout 0] [--workers 1]
+                                       [--runtime auto|torch|onnxruntime]
 
 A classifier with seeded random weights is written to a temporary folder and served the way users
 run it (``python -m tresnet_ft.cli serve CKPT --port 0`` in its own process). Each client is a
@@ -65,7 +66,7 @@ def start_server(checkpoint: Path, folder: Path, args: argparse.Namespace) -> tu
     log_path = folder / "serve.log"
     command = [sys.executable, "-m", "tresnet_ft.cli", "serve", str(checkpoint), "--port", "0", "--no-access-log",
                "--max-batch-size", str(args.max_batch_size), "--batch-timeout", str(args.batch_timeout),
-               "--workers", str(args.workers)]
+               "--workers", str(args.workers), "--runtime", args.runtime]
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--batch-timeout", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--runtime", default="auto", help="serve's --runtime (auto: ONNX Runtime on a CPU)")
     args = parser.parse_args()
     payload = jpeg_body()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as folder:
@@ -150,7 +152,8 @@ def main() -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
-    print(f"{args.arch} {args.size} px, max batch {args.max_batch_size}, batch timeout {args.batch_timeout} s, "
+    print(f"{args.arch} {args.size} px, runtime {args.runtime}, max batch {args.max_batch_size}, "
+          f"batch timeout {args.batch_timeout} s, "
           f"{args.workers} worker(s), {torch.get_num_threads()} torch threads, {args.requests} timed requests per client")
     print("clients  requests/s  p50 ms  p99 ms  mean batch  answered  lost")
     for clients, r in results.items():

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -10,6 +12,10 @@ import pytest
 import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# ONNX exports cached by `--runtime onnxruntime` (and by serve's auto runtime) go to a folder of this
+# session, inherited by the CLI subprocesses, never to the user's ~/.cache/tresnet-ft/onnx.
+os.environ["TRESNET_FT_CACHE"] = tempfile.mkdtemp(prefix="tresnet-ft-test-cache-")
 
 
 def pytest_collection_modifyitems(config, items):

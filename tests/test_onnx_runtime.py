@@ -164,3 +164,22 @@ def test_runtime_mistakes_are_one_line(exported, photos, caplog, tmp_path):
         predict_to_file(exported, [photos[0]], tmp_path / "p.csv", runtime="tensorrt")
     with pytest.raises(InvalidValueError, match="runs on the CPU"):
         open_runtime(exported, "onnxruntime", device="cuda")
+
+
+def test_auto_runs_small_cpu_batches_in_onnx_runtime_and_large_ones_in_pytorch(cache):
+    checkpoint = single_label_checkpoint()
+    assert open_runtime(checkpoint, device="cpu", max_batch_size=8).name == "onnxruntime"  # serve's batches
+    assert open_runtime(checkpoint, device="cpu", max_batch_size=32).name == "torch"  # predict's batches
+
+
+def test_a_hub_folder_runs_in_onnx_runtime_through_the_cache(cache, tmp_path):
+    from tresnet_ft.inference.hub_export import export_hub_folder
+
+    folder = export_hub_folder(multi_label_checkpoint(), tmp_path / "tagger").folder
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    first = open_runtime(folder, "onnxruntime")
+    torch.testing.assert_close(first.logits(images), open_runtime(folder, "torch", device="cpu").logits(images),
+                               atol=1e-4, rtol=0)
+    (folder / "README.md").write_text("an edited card")  # not part of the model: the same entry
+    assert open_runtime(folder, "onnxruntime").path == first.path
+    assert first.info.thresholds is not None and first.info.classes == open_runtime(folder, "torch").info.classes

@@ -17,7 +17,9 @@ from .version import __version__
 
 _LAZY = {"ImageDataModule": ".data", "TResNetClassifier": ".training.module", "fit": ".cli.api",
          "load_classifier": ".classifier.checkpoint", "predict_to_file": ".inference.predict",
-         "export_model": ".inference.export"}
+         "export_model": ".inference.export", "export_hub_folder": ".inference.hub_export",
+         "push_to_hub": ".inference.hub_push", "open_runtime": ".inference.runtime",
+         "quantize_model": ".inference.quantize"}
 
 
 def __getattr__(name: str) -> Any:
@@ -29,5 +31,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["__version__", "ARCHS", "PRETRAINED", "ImageDataModule", "TResNet", "TResNetClassifier", "UnsafeCheckpointError",
-           "WeightsUnavailableError", "convert_sync_norm", "create_model", "export_model", "fit",
-           "fuse_for_inference", "list_pretrained", "load_classifier", "predict_to_file"]
+           "WeightsUnavailableError", "convert_sync_norm", "create_model", "export_hub_folder", "export_model", "fit",
+           "fuse_for_inference", "list_pretrained", "load_classifier", "open_runtime", "predict_to_file",
+           "push_to_hub", "quantize_model"]

@@ -18,6 +18,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..models.hub_folder import is_hub_source, resolve_hub_folder
 from ..version import __version__
 from .export import export_model
 from .loading import open_checkpoint
@@ -26,6 +27,8 @@ from .sidecar import sidecar_path
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "TRESNET_FT_CACHE"
+# What a hub folder's classifier is read from (the model card and plots do not change it).
+HUB_MODEL_FILES = ("config.json", "model.safetensors", "tresnet_ft.json")
 # uint8 in, scaled inside the graph: the batch crosses into ONNX Runtime at a quarter of the bytes,
 # and the scaling fuses into the first convolution's input (benchmarks/bench_runtime.py).
 CACHED_INPUT_DTYPE = "uint8"
@@ -48,15 +51,29 @@ def file_digest(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def folder_digest(folder: Path) -> str:
+    """SHA-256 over the names and digests of the files a hub folder's model is built from."""
+    digest = hashlib.sha256()
+    for name in HUB_MODEL_FILES:
+        if (folder / name).is_file():
+            digest.update(f"{name}:{file_digest(folder / name)}\n".encode())
+    return digest.hexdigest()
+
+
 def cached_onnx(checkpoint: str | Path, input_dtype: str = CACHED_INPUT_DTYPE) -> Path:
-    """The ONNX export of ``checkpoint`` (with its sidecar) from the cache, exported there first if needed.
+    """The ONNX export of ``checkpoint`` (a checkpoint file, or a hub folder or id; with its sidecar) from the cache, exported there first if needed.
 
     Raises what :func:`export_model` raises (a missing or foreign checkpoint, a full disk, ...).
     """
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():  # open_checkpoint words it; hashing would raise a bare OSError
-        open_checkpoint(checkpoint)
-    key = f"{file_digest(checkpoint)[:32]}-v{__version__}-{input_dtype}"
+    if is_hub_source(checkpoint):  # a hub folder or id: its files are the content
+        checkpoint = resolve_hub_folder(checkpoint)
+        digest = folder_digest(checkpoint)
+    else:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():  # open_checkpoint words it; hashing would raise a bare OSError
+            open_checkpoint(checkpoint)
+        digest = file_digest(checkpoint)
+    key = f"{digest[:32]}-v{__version__}-{input_dtype}"
     path = onnx_cache_folder() / f"{key}.onnx"
     if path.is_file() and sidecar_path(path).is_file():
         log.info("Using the cached ONNX export of %s: %s", checkpoint.name, path)

@@ -6,7 +6,7 @@ Which runtime ``"auto"`` picks (figures in docs/PERFORMANCE.md, ``benchmarks/ben
 
 * an ``.onnx`` file (with its sidecar): ONNX Runtime, the only one that reads it;
 * a checkpoint on a CUDA device (``device`` cuda, or None with CUDA available): PyTorch;
-* a checkpoint on the CPU: :data:`CPU_CHECKPOINT_RUNTIME` (see its comment for the figures).
+* a checkpoint on the CPU: :func:`cpu_checkpoint_runtime`, by batch size (its comment gives the figures).
   ``--runtime onnxruntime`` runs the checkpoint's ONNX export instead, made once and cached
   (:func:`.onnx_cache.cached_onnx`).
 
@@ -29,11 +29,18 @@ from .stream import FloatInput
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
 ONNX_SUFFIX = ".onnx"
-# What "auto" runs a checkpoint in on the CPU: PyTorch. On the 2-core EPYC of docs/PERFORMANCE.md
-# ("CPU runtimes") the fused PyTorch model and the fp32 ONNX export run at the same speed (1.17x vs
-# 1.15x the eager baseline; both spend ~91 % in convolutions), so exporting first (~10 s and a
-# cache entry the size of the model) buys nothing. Only int8 (`export --int8`, 3.7x) is faster.
-CPU_CHECKPOINT_RUNTIME = "torch"
+# What "auto" runs a checkpoint in on the CPU depends on the batch (docs/PERFORMANCE.md, "CPU
+# runtimes", 2-core EPYC): at batch 1 the fp32 ONNX export is 1.33x the fused PyTorch model, at
+# batch 8 1.03x, at batch 16 the same (both spend ~91 % in convolutions). So small batches (serve,
+# whose batches are what is waiting, 8 at most) run in ONNX Runtime, worth its one-off export
+# (~10 s, cached); predict's batches of 32 run in PyTorch, where exporting first buys nothing.
+# int8 (`export --int8`) is 3.4-3.9x either.
+ONNX_RUNTIME_MAX_BATCH = 8
+
+
+def cpu_checkpoint_runtime(max_batch_size: int) -> str:
+    """The runtime ``"auto"`` picks for a checkpoint on the CPU, for batches of up to ``max_batch_size``."""
+    return "onnxruntime" if max_batch_size <= ONNX_RUNTIME_MAX_BATCH else "torch"
 
 
 class Runtime(Protocol):
@@ -84,7 +91,7 @@ def open_runtime(source: str | Path, runtime: str = "auto", device: str | torch.
     is_onnx = Path(source).suffix.lower() == ONNX_SUFFIX
     on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
     chosen = runtime if runtime != "auto" else ("onnxruntime" if is_onnx else "torch" if on_cuda
-                                                else CPU_CHECKPOINT_RUNTIME)
+                                                else cpu_checkpoint_runtime(max_batch_size))
     if chosen == "torch" and is_onnx:
         raise InvalidValueError(f"{source} is an ONNX model, which runs in ONNX Runtime, not PyTorch. "
                                 "Fix: --runtime onnxruntime (or auto), or pass the training checkpoint.")
