@@ -16,6 +16,7 @@ from tests.classifier_builders import (
     write_image,
 )
 from tests.run_helpers import error_line
+from tresnet_ft.cli.command import main
 from tresnet_ft.errors import InvalidValueError, MissingInputError
 from tresnet_ft.inference.accuracy import DATAMODULE_KEY, DatasetSource, mean_average_precision
 from tresnet_ft.inference.onnx_runtime import OnnxRuntime
@@ -51,11 +52,12 @@ def labelled(tmp_path_factory):
 def test_int8_export_writes_the_model_and_records_the_quantisation(labelled, tmp_path):
     checkpoint, folder, truth = labelled
     output = tmp_path / "model_int8.onnx"
-    report = quantize_model(checkpoint, output, calibration=16, max_drop=100.0, data_root=folder, num_workers=0)
+    # through the command, as users run it
+    assert main(["export", str(checkpoint), "--format", "onnx", "--int8", "--calibration", "16", "--max-drop",
+                 "100", "--data-root", str(folder), "-o", str(output)]) == 0
     record = json.loads(sidecar_path(output).read_text())["quantization"]
-    assert report.fp32 == pytest.approx(100.0) and record["fp32"] == pytest.approx(100.0)  # labelled by fp32
-    assert record["int8"] == pytest.approx(report.int8, abs=1e-3)
-    assert record["drop"] == pytest.approx(report.fp32 - report.int8, abs=1e-3)
+    assert record["fp32"] == pytest.approx(100.0)  # labelled by the fp32 model
+    assert record["drop"] == pytest.approx(record["fp32"] - record["int8"], abs=1e-3)
     assert record["validation_images"] == len(truth) and record["calibration_images"] == 16
     assert "train split of folder" in record["calibration_source"] and "QDQ" in record["method"]
     # The file is a real int8 model: QDQ nodes, about a quarter of the fp32 weights' bytes.
