@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..classifier.average_precision import average_precision_per_class
 from ..classifier.checkpoint import ClassifierInfo
 from ..data.preprocessing import is_finite_number, short_repr
 from ..data.registry import DATASETS, load_dataset
@@ -129,24 +130,6 @@ def evaluate(logits_of: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset
 
 
 def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """mAP of ``[N, K]`` scores against ``[N, K]`` {0, 1} targets, over the classes with a positive.
-
-    Non-interpolated AP (scikit-learn's ``average_precision_score``), ties sharing one threshold: the
-    rule of ``training/metrics.py: average_precision_per_class``, which inference may not import
-    (``tests/test_int8.py::test_mean_average_precision_matches_the_training_metric`` keeps them equal).
-    """
-    if scores.ndim != 2 or scores.shape != targets.shape:
-        raise InvalidValueError(f"Expected scores and targets of one shape [N, K], but got {list(scores.shape)} "
-                                f"and {list(targets.shape)}.")
-    descending, order = scores.float().sort(dim=0, descending=True)
-    hits = (targets > 0).gather(0, order).float()
-    seen = torch.arange(1, len(hits) + 1, dtype=torch.float32)[:, None]
-    precision = hits.cumsum(0) / seen
-    # Every member of a tie takes the precision at the tie's last row (the threshold that admits it).
-    is_tie_end = torch.ones_like(hits, dtype=torch.bool)
-    is_tie_end[:-1] = descending[:-1] != descending[1:]
-    rows = torch.arange(len(hits))[:, None].expand_as(hits)
-    tie_end = torch.where(is_tie_end, rows, len(hits)).flip(0).cummin(0).values.flip(0)
-    positives = hits.sum(0)
-    per_class = (precision.gather(0, tie_end) * hits).sum(0) / positives.clamp(min=1)
-    return per_class[positives > 0].mean()
+    """mAP of ``[N, K]`` scores against ``[N, K]`` {0, 1} targets, over the classes with a positive
+    (:func:`~tresnet_ft.classifier.average_precision.average_precision_per_class`, as in training)."""
+    return average_precision_per_class(scores, targets).nanmean()
