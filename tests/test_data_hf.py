@@ -18,7 +18,7 @@ datasets = pytest.importorskip("datasets")
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Sequence, Value  # noqa: E402
 from huggingface_hub import constants as hub_constants  # noqa: E402
 
-from tests.run_helpers import error_line  # noqa: E402
+from tests.run_helpers import column_by_step, error_line, metrics_rows, run_command  # noqa: E402
 from tresnet_ft.cli.command import main  # noqa: E402
 from tresnet_ft.data import ImageDataModule, describe_dataset, load_dataset  # noqa: E402
 from tresnet_ft.errors import InvalidValueError, MissingPackageError  # noqa: E402
@@ -277,3 +277,27 @@ def test_fast_dev_run_fit_through_the_cli(kind, tmp_path, offline, monkeypatch, 
     with caplog.at_level(logging.INFO):
         assert main(args) == 0, [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert os.path.isdir(tmp_path / "runs")
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_with_loader_workers_train_on_parquet(tmp_path):
+    """Lightning's DDP launches a second process that rebuilds the dataset; each process's loader
+    worker gets it pickled (the Arrow file's path, not its rows); the unreadable row is skipped."""
+    for name, split in cifar_like(corrupt=3).items():
+        split.to_parquet(str(tmp_path / "pq" / f"{name}-00000-of-00001.parquet"))
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("base: _base\nmodel: {pretrained: null, freeze_epochs: 0}\n"
+                      "data: {image_size: 32, batch_size: 2, num_workers: 1, randaugment_ops: 0, cutout: 0.0}\n")
+    options = {"label_column": "fine_label", "cache_dir": str(tmp_path / "convert")}
+    proc = run_command(["fit", "--recipe", str(recipe), "--data.dataset", "hf", "--data.root", str(tmp_path / "pq"),
+                        "--data.dataset_options", json.dumps(options), "--trainer.strategy", "ddp",
+                        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.max_epochs", "1",
+                        "--logger", "csv", "--model.plots", "false", "--trainer.enable_progress_bar", "false"],
+                       cwd=tmp_path, HF_HUB_OFFLINE="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "runs" / "tiny").iterdir()
+    rows = metrics_rows(run)
+    # 12 training rows split between the 2 processes (6 each), batches of 2: 3 steps, then validation
+    assert list(column_by_step(rows, "val/top1")) == [2]
+    assert 0.0 <= column_by_step(rows, "val/top1")[2] <= 1.0 and (run / "checkpoints" / "last.ckpt").is_file()
+    assert "Skipped 1 unreadable image(s)" in proc.stderr and "[train] row 3 (not an image" in proc.stderr
