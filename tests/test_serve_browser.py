@@ -43,7 +43,15 @@ def _shown_labels(browser, url: str, image: Path) -> list:
         lambda driver: driver.find_elements(By.CSS_SELECTOR, "#predictions .row")
         or "error" in driver.find_element(By.ID, "status").get_attribute("class"))
     assert browser.find_element(By.ID, "status").text == image.name
+    _check_stacked(browser, ["model", "drop", "preview", "status", "predictions"])
     return browser.find_elements(By.CSS_SELECTOR, "#predictions .row")
+
+
+def _check_stacked(browser, ids: list[str]) -> None:
+    """Each element starts below the previous one ends: nothing on the page overlaps."""
+    boxes = [browser.find_element(By.ID, name).rect for name in ids]
+    for (above, box_above), (below, box_below) in zip(zip(ids, boxes), zip(ids[1:], boxes[1:])):
+        assert box_below["y"] >= box_above["y"] + box_above["height"] - 0.5, (above, box_above, below, box_below)
 
 
 def _predicted(checkpoint: Path, images: list[Path], folder: Path) -> list[dict]:
