@@ -49,10 +49,10 @@ def test_a_value_of_the_wrong_type_names_the_key_and_the_value(caplog):
     assert "tresnet-ft fit --help" in message
 
 
-def test_an_image_size_not_divisible_by_32_fails_before_training(caplog):
-    message = error_line(caplog, ["fit", *TINY, "--data.image_size", "100"])
-    assert "image_size to be a multiple of 32" in message and "got 100" in message
-    assert "--data.image_size 96 or 128" in message
+def test_an_image_size_not_divisible_by_4_fails_before_training(caplog):
+    message = error_line(caplog, ["fit", *TINY, "--data.image_size", "102"])
+    assert "image_size to be a multiple of 4 of at least 32" in message and "got 102" in message
+    assert "--data.image_size 100 or 104" in message
     assert not any(
         "Restoring" in r.getMessage() or "Epoch" in r.getMessage()
         for r in caplog.records

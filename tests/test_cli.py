@@ -30,9 +30,9 @@ def test_models_and_recipes_tables():
 
 
 def test_bad_size_is_one_clear_line_not_a_traceback():
-    proc = _run("smoke", "--size", "100")
+    proc = _run("smoke", "--size", "102")
     assert proc.returncode == 2
-    assert "multiples of 32" in proc.stderr and "Traceback" not in proc.stderr
+    assert "multiples of 4 and at least 32" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_unknown_recipe_lists_the_valid_ones():

@@ -62,8 +62,8 @@ def test_the_eval_flags_make_one_preprocessing_object_that_the_loaders_use(tmp_p
 
 
 def test_a_bad_eval_setting_fails_when_the_datamodule_is_made():
-    with pytest.raises(ValueError, match=r"multiple of 32 .* Fix: --data.image_size 32 or 64"):
-        ImageDataModule("quickstart", image_size=48)
+    with pytest.raises(ValueError, match=r"multiple of 4 of at least 32 .* Fix: --data.image_size 48 or 52"):
+        ImageDataModule("quickstart", image_size=50)
     with pytest.raises(ValueError, match="eval_crop"):
         ImageDataModule("quickstart", eval_crop="letterbox")
 

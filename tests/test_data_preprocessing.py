@@ -16,10 +16,10 @@ IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 @pytest.mark.parametrize(
     ("size", "fix"),
-    [(100, "--data.image_size 96 or 128"), (368, "--data.image_size 352 or 384"), (16, "--data.image_size 32")],
+    [(102, "--data.image_size 100 or 104"), (370, "--data.image_size 368 or 372"), (16, "--data.image_size 32")],
 )
-def test_a_size_not_divisible_by_32_names_the_flag_and_the_nearest_sizes(size, fix):
-    with pytest.raises(InvalidValueError, match="image_size to be a multiple of 32") as error:
+def test_a_size_not_divisible_by_4_names_the_flag_and_the_nearest_sizes(size, fix):
+    with pytest.raises(InvalidValueError, match="image_size to be a multiple of 4 of at least 32") as error:
         EvalPreprocessing(image_size=size)
     assert f"but got {size}" in str(error.value) and str(error.value).endswith(f"Fix: {fix}.")
 
@@ -32,7 +32,7 @@ def test_a_size_not_divisible_by_32_names_the_flag_and_the_nearest_sizes(size, f
         ({"eval_crop_fraction": 1.5}, "Expected eval_crop_fraction in (0, 1], but got 1.5"),
         ({"std": (1.0, 0.0, 1.0)}, "Expected a positive std per channel, but got (1.0, 0.0, 1.0)"),
         ({"mean": (0.5, 0.5)}, "Expected mean to be three numbers (R, G, B), but got (0.5, 0.5)"),
-        ({"image_size": 224.0}, "Expected image_size to be an integer multiple of 32, but got 224.0"),
+        ({"image_size": 224.0}, "Expected image_size to be an integer multiple of 4, but got 224.0"),
     ],
 )
 def test_bad_settings_fail_where_the_object_is_made(settings, message):

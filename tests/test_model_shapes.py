@@ -20,9 +20,24 @@ def test_forward_features_is_stride_32(tresnet_m, height, width):
     assert logits.shape == (1, 7)
 
 
-def test_rejects_size_not_multiple_of_32(tresnet_m):
-    with pytest.raises(ValueError, match="multiples of 32"):
-        tresnet_m(torch.rand(1, 3, 100, 224))
+def test_rejects_size_not_multiple_of_4_or_below_32(tresnet_m):
+    with pytest.raises(ValueError, match="multiples of 4 and at least 32"):
+        tresnet_m(torch.rand(1, 3, 102, 224))
+    with pytest.raises(ValueError, match="multiples of 4 and at least 32"):
+        tresnet_m(torch.rand(1, 3, 28, 224))
+
+
+@pytest.mark.parametrize("size", [368, 100])
+def test_sides_that_are_not_multiples_of_32_work_as_in_the_paper(tresnet_m, size):
+    """The paper fine-tuned Cars and Flowers at 368 px: the stride-2 steps round odd sides up
+    (92 -> 46 -> 23 -> 12), and the norm-folded copy and the gradients agree with the model."""
+    from tresnet_ft import fuse_for_inference
+
+    images = torch.rand(2, 3, size, size)
+    features = tresnet_m.forward_features(images)
+    assert features.shape == (2, tresnet_m.num_features, -(-size // 32), -(-size // 32))
+    with torch.no_grad():
+        torch.testing.assert_close(fuse_for_inference(tresnet_m)(images), tresnet_m(images), atol=1e-4, rtol=1e-4)
 
 
 def test_channels_last_by_default_and_optional():

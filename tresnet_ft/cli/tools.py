@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--arch", choices=sorted(ARCHS), default="tresnet_m", help="variant (default: %(default)s)")
     smoke.add_argument("--steps", type=int, default=3, help="optimisation steps (default: %(default)s)")
     smoke.add_argument("--batch", type=int, default=4, help="images per step (default: %(default)s)")
-    smoke.add_argument("--size", type=int, default=128, help="image side, a multiple of 32 (default: %(default)s)")
+    smoke.add_argument("--size", type=int, default=128, help="image side, a multiple of 4, at least 32 (default: %(default)s)")
     smoke.set_defaults(run=_cmd_smoke)
     return parser
 

@@ -74,7 +74,7 @@ class ImageDataModule(pl.LightningDataModule):
         root: data root for named datasets (default ``$TRESNET_FT_DATA`` or
             ``~/.cache/tresnet-ft/datasets``); your folder or CSV/JSONL file for the others; for
             ``hf`` a hub id, a save_to_disk folder, Parquet/Arrow file(s) or an imagefolder.
-        image_size: training and evaluation resolution ``S`` (a multiple of 32).
+        image_size: training and evaluation resolution ``S`` (a multiple of 4, at least 32: 224, 368, 448, ...).
         batch_size: images per batch.
         num_workers: loader processes per training process; None divides this machine's cores
             among its training processes (one per device), minus one each for the training

@@ -27,10 +27,10 @@ from typing import Any, Literal, Optional
 import torch
 
 from ..errors import InvalidValueError
+from ..models.tresnet import INPUT_MULTIPLE, MIN_INPUT_SIZE, is_input_side
 
 EvalCrop = Literal["squish", "center_crop"]
 EVAL_CROPS: tuple[str, ...] = ("squish", "center_crop")
-TOTAL_STRIDE = 32  # TResNet halves the resolution five times
 # Over 9x the paper's 448 px per side: one image is then 192 MiB of float input. Larger sizes come from
 # a typo or a crafted checkpoint, and would exhaust memory at the first batch or export's sample input.
 MAX_IMAGE_SIZE = 4096
@@ -45,7 +45,7 @@ class EvalPreprocessing:
     :class:`~tresnet_ft.errors.InvalidValueError` when the object is made.
     """
 
-    image_size: int = 224  # output side S; a multiple of 32
+    image_size: int = 224  # output side S; a multiple of 4, at least 32 (224, 368, 448, ...)
     eval_crop: EvalCrop = "squish"  # squish: resize to S x S (the authors' choice); center_crop: see below
     eval_crop_fraction: float = 0.875  # center_crop: resize the short side to S / fraction, crop S x S
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # in [0, 1] units; TResNet: none
@@ -190,17 +190,18 @@ def short_repr(value: Any) -> str:
 def _check_image_size(size: int) -> None:
     """Checked where the size is chosen, so a bad one fails before any data or model is built."""
     if isinstance(size, bool) or not isinstance(size, int):
-        raise InvalidValueError(f"Expected image_size to be an integer multiple of {TOTAL_STRIDE}, but got "
+        raise InvalidValueError(f"Expected image_size to be an integer multiple of {INPUT_MULTIPLE}, but got "
                                 f"{short_repr(size)}.")
     if size > MAX_IMAGE_SIZE:
         raise InvalidValueError(
             f"Expected image_size to be at most {MAX_IMAGE_SIZE} (one such image is already 192 MiB of model input), "
-            f"but got {short_repr(size)}. Fix: choose a multiple of {TOTAL_STRIDE} up to {MAX_IMAGE_SIZE}, "
+            f"but got {short_repr(size)}. Fix: choose a multiple of {INPUT_MULTIPLE} up to {MAX_IMAGE_SIZE}, "
             "e.g. --data.image_size 448.")
-    if size >= TOTAL_STRIDE and size % TOTAL_STRIDE == 0:
+    if is_input_side(size):
         return
-    below = max(TOTAL_STRIDE, size // TOTAL_STRIDE * TOTAL_STRIDE)
-    nearest = f"{below} or {below + TOTAL_STRIDE}" if size > below else f"{below}"
+    below = max(MIN_INPUT_SIZE, size // INPUT_MULTIPLE * INPUT_MULTIPLE)
+    nearest = f"{below} or {below + INPUT_MULTIPLE}" if size > below else f"{below}"
     raise InvalidValueError(
-        f"Expected image_size to be a multiple of {TOTAL_STRIDE} (TResNet downsamples by {TOTAL_STRIDE}), "
-        f"but got {short_repr(size)}. Fix: --data.image_size {nearest}.")
+        f"Expected image_size to be a multiple of {INPUT_MULTIPLE} of at least {MIN_INPUT_SIZE} (TResNet's "
+        f"SpaceToDepth stem folds {INPUT_MULTIPLE}x{INPUT_MULTIPLE} blocks), but got {short_repr(size)}. "
+        f"Fix: --data.image_size {nearest}.")

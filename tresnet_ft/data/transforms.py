@@ -41,7 +41,7 @@ SQUISH_MARGIN = 0.125  # squish_random_crop: resize to S*(1+margin), then crop S
 @dataclass(frozen=True)
 class TransformConfig:
     """Training augmentation, plus the evaluation preprocessing whose side ``S`` both pipelines use
-    (all multiples of 32 work: 224, 384, 448, ...)."""
+    (any multiple of 4 from 32: 224, 368, 448, ...)."""
 
     preprocessing: EvalPreprocessing = EvalPreprocessing()  # output side S, eval resize, mean/std
     train_crop: TrainCrop = "random_resized_crop"

@@ -166,7 +166,7 @@ def timm_pretrained_cfg(info: ClassifierInfo) -> dict[str, Any]:
     return {"custom_load": False, "input_size": data["input_size"], "fixed_input_size": False,
             "interpolation": data["interpolation"], "crop_pct": data["crop_pct"], "crop_mode": data["crop_mode"],
             "mean": data["mean"], "std": data["std"], "num_classes": info.num_classes,
-            "pool_size": [size // 32, size // 32], "first_conv": STEM_CONV,
+            "pool_size": [-(-size // 32), -(-size // 32)], "first_conv": STEM_CONV,
             # timm drops "<classifier>.weight/.bias" when the class count changes: ML-Decoder has neither.
             "classifier": "head.fc" if info.head == "linear" else None,
             "description": f"{info.arch} with {head}, {task}, fine-tuned with tresnet-ft",

@@ -96,6 +96,17 @@ class Bottleneck(_ResidualBlock):
         return self.conv3(out if self.se is None else self.se(out))
 
 
+# The SpaceToDepth stem folds 4x4 pixel blocks into channels; every later stride-2 step rounds odd
+# sides up. 32 px is the smallest side whose last stage still has a pixel to blur-pad.
+INPUT_MULTIPLE = 4
+MIN_INPUT_SIZE = 32
+
+
+def is_input_side(side: int) -> bool:
+    """Whether TResNet takes images ``side`` pixels high (or wide)."""
+    return side >= MIN_INPUT_SIZE and side % INPUT_MULTIPLE == 0
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """One TResNet variant: blocks per stage, width multiplier, and the V2 layout switch."""
@@ -130,11 +141,14 @@ class TResNet(nn.Module):
             (docs/RECIPES.md). Pretrained weights overwrite it.
 
     Input is RGB scaled to [0, 1] with no mean/std normalisation; height and width must be
-    multiples of 32.
+    multiples of :data:`INPUT_MULTIPLE` (the SpaceToDepth stem folds 4x4 blocks) and at least
+    :data:`MIN_INPUT_SIZE`. Sides that are not multiples of 32 work as in timm and the original
+    code (the paper's 368 px): the anti-alias blur and the shortcut's average pool round odd
+    sides up.
 
     Shapes:
         ``forward``: ``[B, 3, H, W]`` -> ``[B, num_classes]``;
-        ``forward_features``: ``[B, 3, H, W]`` -> ``[B, num_features, H/32, W/32]``.
+        ``forward_features``: ``[B, 3, H, W]`` -> ``[B, num_features, ceil(H/32), ceil(W/32)]``.
     """
 
     def __init__(self, spec: ArchSpec, num_classes: int = 1000, *, norm: str = "inplace_abn",
@@ -182,10 +196,11 @@ class TResNet(nn.Module):
                 nn.init.constant_(m.last_norm().weight, residual_init)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` RGB in [0, 1] -> ``[B, num_features, H/32, W/32]``."""
-        if x.dim() != 4 or x.shape[-2] % 32 or x.shape[-1] % 32:
-            raise InvalidValueError(f"Expected input [B, 3, H, W] with H and W multiples of 32, "
-                             f"but got {list(x.shape)}. Resize images to e.g. 224 or 448.")
+        """``[B, 3, H, W]`` RGB in [0, 1] -> ``[B, num_features, ceil(H/32), ceil(W/32)]``."""
+        if x.dim() != 4 or not all(is_input_side(side) for side in x.shape[-2:]):
+            raise InvalidValueError(f"Expected input [B, 3, H, W] with H and W multiples of {INPUT_MULTIPLE} and at "
+                                    f"least {MIN_INPUT_SIZE}, but got {list(x.shape)}. Resize images to e.g. "
+                                    "224, 368 or 448.")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.body(x)
