@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-datasets = pytest.importorskip("datasets")
+import datasets  # a test extra: a missing install must fail here, not skip
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Sequence, Value  # noqa: E402
 from huggingface_hub import constants as hub_constants  # noqa: E402
 
