@@ -56,7 +56,7 @@ def test_16_bit_png_keeps_its_high_byte():
 
 
 def test_cmyk_jpeg_is_converted_to_rgb():
-    image_module = pytest.importorskip("PIL.Image")
+    from PIL import Image as image_module  # pillow is a test extra
     rgb = np.full((16, 16, 3), (200, 30, 40), np.uint8)
     buffer = io.BytesIO()
     image_module.fromarray(rgb).convert("CMYK").save(buffer, "JPEG", quality=95)
@@ -166,7 +166,7 @@ def _motion_photo_tail(size: int) -> bytes:
 
 @pytest.mark.parametrize("progressive", [False, True])
 def test_a_jpeg_with_data_after_its_end_decodes_like_the_jpeg_alone(tmp_path, progressive):
-    image_module = pytest.importorskip("PIL.Image")
+    from PIL import Image as image_module  # pillow is a test extra
     buffer = io.BytesIO()
     pixels = write_jpeg(tmp_path / "source.jpg", 48, 64)
     image_module.fromarray(pixels).save(buffer, "JPEG", quality=90, progressive=progressive)

@@ -73,7 +73,7 @@ def jpeg_declaring(height: int, width: int) -> bytes:
 
 def encoded_37x23() -> dict[str, bytes]:
     """The same 23-row, 37-column image in every format and header variant the decoder reads."""
-    image_module = pytest.importorskip("PIL.Image")
+    from PIL import Image as image_module  # pillow is a test extra
     rgb = np.random.default_rng(0).integers(0, 256, (23, 37, 3), dtype=np.uint8)
     rgba = np.dstack([rgb, np.full((23, 37), 128, np.uint8)])
 

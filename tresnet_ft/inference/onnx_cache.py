@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from ..models.hub_folder import is_hub_source, resolve_hub_folder
+from ..models.weights import file_sha256
 from ..version import __version__
 from .export import export_model
 from .loading import open_checkpoint
@@ -42,21 +43,12 @@ def onnx_cache_folder() -> Path:
     return base / "tresnet-ft" / "onnx"
 
 
-def file_digest(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """SHA-256 of ``path``'s bytes, as hex (read in chunks: memory stays flat for any size)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def folder_digest(folder: Path) -> str:
     """SHA-256 over the names and digests of the files a hub folder's model is built from."""
     digest = hashlib.sha256()
     for name in HUB_MODEL_FILES:
         if (folder / name).is_file():
-            digest.update(f"{name}:{file_digest(folder / name)}\n".encode())
+            digest.update(f"{name}:{file_sha256(folder / name)}\n".encode())
     return digest.hexdigest()
 
 
@@ -72,7 +64,7 @@ def cached_onnx(checkpoint: str | Path, input_dtype: str = CACHED_INPUT_DTYPE) -
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():  # open_checkpoint words it; hashing would raise a bare OSError
             open_checkpoint(checkpoint)
-        digest = file_digest(checkpoint)
+        digest = file_sha256(checkpoint)
     key = f"{digest[:32]}-v{__version__}-{input_dtype}"
     path = onnx_cache_folder() / f"{key}.onnx"
     if path.is_file() and sidecar_path(path).is_file():
